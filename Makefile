@@ -1,0 +1,34 @@
+# inline-cmr: `make train` and `make test` are all a new user needs; both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install train test test-slow bench clean
+
+install: $(STAMP)
+
+# Idempotent: creates .venv if missing, (re)installs only when the dependency files change.
+# Every pip call passes -c constraints.txt, which pins torch==2.13.0 (the CPU wheel).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+train: install  ## train, test and report the default model (3CS ResUNet on synthetic phantoms)
+	$(PY) train.py $(ARGS)
+
+test: install  ## fast test suite (< 10 min on 2 cores)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: install  ## long tests marked `slow`
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+bench: install  ## benchmarks that print figures (never part of the test suite)
+	$(PY) benchmarks/train_throughput.py $(ARGS)
+
+clean:  ## remove the environment, run outputs and caches (keeps data/ and artifacts/)
+	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

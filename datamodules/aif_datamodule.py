@@ -1,0 +1,126 @@
+"""LightningDataModule for AIF perfusion series (``data=aif``).
+
+With ``path`` set it reads that HDF5 file (the AIF contract of DESIGN.md). With ``path: null`` it
+generates the synthetic phantom set once (seeded) and caches it under ``data_dir``; the file
+name carries the generator settings, so a changed setting makes a new file instead of reusing
+a stale one. Splits are by patient; the split used is written to ``split_out``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from datamodules.aif_hdf5 import AIFHDF5Dataset, scan_aif_file
+from datamodules.patient_split import read_split, split_by_patient, write_split
+from datamodules.synthetic.aif_phantom import write_aif_phantoms
+from datamodules.transforms import RandomFlip
+from quantification.aif_preprocessing import AIFPreprocessing
+
+log = logging.getLogger(__name__)
+
+
+class AIFDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of preprocessed AIF series ``[64, 64, 48]`` and masks ``[64, 48]``.
+
+    Args:
+        path: HDF5 file in the AIF contract, or ``None`` for the synthetic phantoms.
+        data_dir: where the synthetic phantom file is cached.
+        n_patients, scans_per_patient, phantom_seed: synthetic set size and seed.
+        val_fraction, test_fraction: shares of patients in val and test.
+        split_seed: seed of the patient split.
+        split_file: reuse this split (JSON from an earlier run) instead of drawing one.
+        split_out: where the split actually used is written (the run dir).
+        batch_size: training batch size (evaluation uses the same).
+        num_workers: DataLoader worker processes (each opens the HDF5 file itself).
+        flip_ro_p, flip_e1_p: probabilities of the training flips along RO and E1.
+        preprocessing: keyword arguments of :class:`AIFPreprocessing`.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        data_dir: str = "data",
+        n_patients: int = 300,
+        scans_per_patient: int = 2,
+        phantom_seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        split_file: str | None = None,
+        split_out: str | None = "split.json",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        flip_ro_p: float = 0.5,
+        flip_e1_p: float = 0.5,
+        preprocessing: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.preprocessing = AIFPreprocessing(**(preprocessing or {}))
+        self.datasets: dict[str, AIFHDF5Dataset] = {}
+        self.split: dict[str, list[str]] = {}
+
+    @property
+    def file(self) -> Path:
+        """The HDF5 file read: the configured ``path`` or the cached phantom file."""
+        hp = self.hparams
+        if hp.path is not None:
+            return Path(hp.path)
+        name = f"aif_phantoms_p{hp.n_patients}_s{hp.scans_per_patient}_seed{hp.phantom_seed}.h5"
+        return Path(hp.data_dir) / name
+
+    def prepare_data(self) -> None:
+        if self.hparams.path is None and not self.file.exists():
+            log.info("Writing synthetic AIF phantoms to %s", self.file)
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_aif_phantoms(
+                self.file,
+                n_patients=self.hparams.n_patients,
+                seed=self.hparams.phantom_seed,
+                scans_per_patient=self.hparams.scans_per_patient,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        cases = scan_aif_file(self.file, require_mask=True)
+        if hp.split_file:
+            self.split = read_split(hp.split_file, {c.case_id for c in cases})
+        else:
+            patients = {c.case_id: c.patient_id for c in cases}
+            self.split = split_by_patient(patients, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        if hp.split_out:
+            write_split(hp.split_out, self.split)
+        flip = RandomFlip(hp.flip_ro_p, hp.flip_e1_p)
+        self.datasets = {
+            name: AIFHDF5Dataset(
+                self.file, ids, self.preprocessing, transform=flip if name == "train" else None
+            )
+            for name, ids in self.split.items()
+        }
+        log.info("AIF data %s: %s", self.file, {k: len(v) for k, v in self.split.items()})
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=shuffle and len(self.datasets[name]) > self.hparams.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,131 @@
+"""LightningModule for AIF LV detection, 2CS (sigmoid) or 3CS (softmax).
+
+Validation and test metrics are per case, computed after the post-processing the inline runtime
+uses (``quantification.lv_mask``: threshold rule of SPEC A6, then the largest LV component):
+LV Dice mean ± SD, detection rate (LV Dice > 0.5), share with LV Dice > 0.75, and RV Dice for
+3CS. Per-case values are gathered with ``torchmetrics.CatMetric`` so they reduce across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import CatMetric
+
+from quantification.lv_mask import masks_from_probabilities
+
+LV, RV = 1, 2
+
+
+def dice_per_case(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Dice of boolean masks ``[B, H, W]`` per case, ``[B]``; two empty masks score 1."""
+    prediction, reference = prediction.flatten(1).float(), reference.flatten(1).float()
+    overlap = 2 * (prediction * reference).sum(1)
+    total = prediction.sum(1) + reference.sum(1)
+    return torch.where(total > 0, overlap / total.clamp(min=1), torch.ones_like(total))
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a segmentation network with a given loss; logs per-case LV (and RV) Dice.
+
+    Args:
+        net: network mapping ``[B, 64, H, W]`` to logits ``[B, 1 or 3, H, W]``.
+        loss: callable ``loss(logits, labels)`` (see ``lightning_modules.losses``).
+        optimizer: partial optimizer constructor taking the parameters (Hydra ``_partial_``).
+        scheduler: partial LR-scheduler constructor taking the optimizer, or ``None``.
+        n_classes: 2 (background/LV, one sigmoid channel) or 3 (background/LV/RV, softmax).
+        monitor: metric the plateau scheduler watches (``ReduceLROnPlateau`` only).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        n_classes: int = 3,
+        monitor: str = "val/lv_dice",
+    ) -> None:
+        super().__init__()
+        if n_classes not in (2, 3):
+            raise ValueError(f"n_classes must be 2 (2CS) or 3 (3CS), got {n_classes}")
+        self.save_hyperparameters(ignore=["net", "loss"])
+        self.net = net
+        self.loss = loss
+        self.n_classes = n_classes
+        self.stage_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({"lv_dice": CatMetric(), "rv_dice": CatMetric()})
+                for stage in ("val", "test")
+            }
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C_out, H, W]`` for a preprocessed series ``[B, 64, H, W]``."""
+        return self.net(image)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid (2CS, ``[B, 1, H, W]``) or softmax (3CS, ``[B, 3, H, W]``) of the logits."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.n_classes == 2 else logits.softmax(dim=1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=len(logits))
+        probability = self.probabilities(logits).cpu().numpy()
+        labels = np.stack([masks_from_probabilities(p, self.n_classes) for p in probability])
+        labels = torch.from_numpy(labels).to(batch["mask"].device)
+        metrics = self.stage_metrics[stage]
+        metrics["lv_dice"].update(dice_per_case(labels == LV, batch["mask"] == LV))
+        if self.n_classes == 3:
+            metrics["rv_dice"].update(dice_per_case(labels == RV, batch["mask"] == RV))
+
+    def _log_summary(self, stage: str) -> None:
+        metrics = self.stage_metrics[stage]
+        lv = metrics["lv_dice"].compute()
+        summary = {
+            "lv_dice": lv.mean(),
+            "lv_dice_sd": lv.std() if lv.numel() > 1 else torch.zeros(()),
+            "detection_rate": (lv > 0.5).float().mean(),
+            "dice_gt_075": (lv > 0.75).float().mean(),
+            "n_cases": torch.tensor(float(lv.numel())),
+        }
+        if self.n_classes == 3:
+            summary["rv_dice"] = metrics["rv_dice"].compute().mean()
+        prog = {"lv_dice", "detection_rate"}
+        for name, value in summary.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in prog, sync_dist=False)
+        for metric in metrics.values():
+            metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_summary("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_summary("test")
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
+        }

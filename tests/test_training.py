@@ -1,0 +1,43 @@
+"""Real Lightning Trainers, in-process, on a tiny ResUNet and a tiny phantom set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train import train
+
+
+@pytest.mark.parametrize("model", ["resunet3cs", "resunet2cs"])
+def test_fast_dev_run_fits_and_tests(model, tiny_config):
+    cfg = tiny_config([f"model={model}", "trainer.fast_dev_run=true"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/lv_dice"] <= 1.0
+    assert ("test/rv_dice" in metrics) == (model == "resunet3cs")
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_split_is_by_patient_and_written_to_the_run_dir(tiny_config, tmp_path):
+    cfg = tiny_config(["trainer.fast_dev_run=true"])
+    train(cfg)
+    split = json.loads((tmp_path / "split.json").read_text())
+    patients = {name: {case.split("_")[0] for case in cases} for name, cases in split.items()}
+    assert patients["train"] and patients["val"] and patients["test"]
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+
+
+def test_resuming_from_last_ckpt_continues_the_step_count(tiny_config, tmp_path):
+    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
+    first = tiny_config([*limits, "trainer.max_epochs=2"])
+    train(first)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+
+    resumed = tiny_config([*limits, "trainer.max_epochs=3", f"ckpt_path={last}"])
+    train(resumed)
+    state = torch.load(last, weights_only=False)
+    assert state["epoch"] == 2 and state["global_step"] == 6

@@ -1,0 +1,78 @@
+"""Train, test and report a model: ``python train.py [overrides]`` (configs in ``conf/``).
+
+Composes ``conf/train.yaml``, seeds everything, builds the datamodule, model, callbacks, loggers
+and trainer from their ``_target_``, fits, tests the best checkpoint and returns
+``optimized_metric`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if "_target_" in c]
+
+
+def _test_summary(metrics: dict[str, float]) -> str:
+    text = (
+        f"Test: {metrics['test/n_cases']:.0f} cases, LV detection (Dice > 0.5) "
+        f"{100 * metrics['test/detection_rate']:.1f} %, LV Dice {metrics['test/lv_dice']:.3f} "
+        f"± {metrics['test/lv_dice_sd']:.3f}, Dice > 0.75 {100 * metrics['test/dice_gt_075']:.1f} %"
+    )
+    if "test/rv_dice" in metrics:
+        text += f", RV Dice {metrics['test/rv_dice']:.3f}"
+    return text
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as configured; returns the final logged metrics as floats."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False
+    )
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.get("train"):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not best:
+                log.warning("No best checkpoint was saved; testing the current weights.")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+            log.info(_test_summary(metrics))
+            if best:
+                log.info("Best checkpoint: %s", best)
+        return metrics
+    finally:
+        if "wandb" in sys.modules:  # one failed job of a sweep must not leave its run open
+            sys.modules["wandb"].finish()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LightningDataModules, HDF5 readers, transforms and synthetic phantoms."""

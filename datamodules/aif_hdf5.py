@@ -1,0 +1,367 @@
+"""Reader for the AIF perfusion HDF5 data contract (docs: DESIGN.md, "Data contract").
+
+One file per data set; every top-level group is a case::
+
+    /<case_id>/series     float32 [T, RO, E1]  motion-corrected frames, PD frames first
+    /<case_id>/times_s    float32 [T]          frame times in seconds, finite, strictly increasing
+    /<case_id>/mask       uint8   [RO, E1]     optional: 0 background, 1 LV, 2 RV
+    attrs on /<case_id>:  patient_id (str), n_pd_frames (int, 0 <= n < T - 1),
+                          optional site (str), scanner (str), field_T (number > 0), stress (bool)
+
+Extra datasets and attrs are allowed and ignored (phantoms add ``truth_*`` datasets).
+``times_s`` may also be float64 (more precision is harmless); ``series`` must be float32 and
+``mask`` uint8. At least 2 saturation-recovery frames are required (``n_pd_frames <= T - 2``),
+since preprocessing interpolates in time. Any violation raises :class:`AIFContractError` whose
+message names the file, the case, the key, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from quantification.aif_preprocessing import (
+    AIFPreprocessing,
+    preprocess_aif_series,
+    preprocess_mask,
+)
+
+__all__ = [
+    "AIFCase",
+    "AIFCaseInfo",
+    "AIFContractError",
+    "AIFHDF5Dataset",
+    "read_aif_case",
+    "scan_aif_file",
+]
+
+MASK_VALUES = (0, 1, 2)
+
+
+class AIFContractError(ValueError):
+    """An AIF file breaks the data contract; the message names file, case, key, expected, found."""
+
+
+def _error(
+    path: Any, case_id: str | None, key: str | None, expected: str, found: str
+) -> AIFContractError:
+    where = f"{path}"
+    if case_id is not None:
+        where += f": case {case_id!r}"
+    if key is not None:
+        where += f", key {key!r}"
+    return AIFContractError(f"{where}: expected {expected}; found {found}")
+
+
+@dataclass(frozen=True)
+class AIFCaseInfo:
+    """Structure of one case, checked without reading pixel data.
+
+    Attributes:
+        case_id: group name.
+        patient_id: patient identifier (splits are by patient).
+        n_frames: T, number of frames including PD frames.
+        shape: (RO, E1) frame shape in pixels.
+        has_mask: whether a ``mask`` dataset is present.
+        attrs: all attrs of the case group as plain Python values (incl. n_pd_frames).
+    """
+
+    case_id: str
+    patient_id: str
+    n_frames: int
+    shape: tuple[int, int]
+    has_mask: bool
+    attrs: dict
+
+
+@dataclass(frozen=True)
+class AIFCase:
+    """One case read into memory.
+
+    Attributes:
+        case_id: group name.
+        patient_id: patient identifier.
+        series: float32 [T, RO, E1], finite.
+        times_s: float64 [T] seconds, finite, strictly increasing.
+        n_pd_frames: leading proton-density frames, 0 <= n <= T - 2.
+        mask: uint8 [RO, E1] with values in {0, 1, 2}, or None.
+        attrs: all attrs of the case group as plain Python values.
+    """
+
+    case_id: str
+    patient_id: str
+    series: np.ndarray
+    times_s: np.ndarray
+    n_pd_frames: int
+    mask: np.ndarray | None
+    attrs: dict
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attr value -> plain Python (bytes decoded, NumPy scalars unwrapped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float | np.floating)
+
+
+def _dataset(
+    group: h5py.Group, path: Any, case_id: str, key: str, required: bool
+) -> h5py.Dataset | None:
+    obj = group.get(key)
+    if obj is None:
+        if required:
+            raise _error(path, case_id, key, "a dataset", "nothing (missing)")
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        raise _error(path, case_id, key, "a dataset", type(obj).__name__)
+    return obj
+
+
+def _check_case(
+    group: h5py.Group, path: Any, case_id: str, require_mask: bool
+) -> tuple[AIFCaseInfo, np.ndarray]:
+    """Check one case group's structure; returns its info and times_s (float64 [T])."""
+    series = _dataset(group, path, case_id, "series", required=True)
+    if series.ndim != 3 or 0 in series.shape:
+        raise _error(path, case_id, "series", "non-empty [T, RO, E1]", f"shape {series.shape}")
+    if not (series.dtype.kind == "f" and series.dtype.itemsize == 4):
+        raise _error(path, case_id, "series", "dtype float32", f"dtype {series.dtype}")
+    n_t, ro, e1 = series.shape
+
+    times = _dataset(group, path, case_id, "times_s", required=True)
+    if times.shape != (n_t,):
+        raise _error(path, case_id, "times_s", f"shape ({n_t},) (one per frame)", f"{times.shape}")
+    if not (times.dtype.kind == "f" and times.dtype.itemsize >= 4):
+        raise _error(path, case_id, "times_s", "dtype float32 (or float64)", f"dtype {times.dtype}")
+    times_s = np.asarray(times[()], dtype=np.float64)
+    if not np.isfinite(times_s).all():
+        raise _error(path, case_id, "times_s", "finite values", "NaN or Inf")
+    steps = np.diff(times_s)
+    if not (steps > 0).all():
+        i = int(np.argmin(steps > 0))
+        raise _error(
+            path,
+            case_id,
+            "times_s",
+            "strictly increasing times",
+            f"times_s[{i}]={times_s[i]:g} then times_s[{i + 1}]={times_s[i + 1]:g}",
+        )
+
+    mask = _dataset(group, path, case_id, "mask", required=require_mask)
+    if mask is not None:
+        if mask.shape != (ro, e1):
+            raise _error(path, case_id, "mask", f"shape {(ro, e1)} (frame shape)", f"{mask.shape}")
+        if mask.dtype != np.uint8:
+            raise _error(path, case_id, "mask", "dtype uint8", f"dtype {mask.dtype}")
+
+    raw = dict(group.attrs)
+    patient_id = raw.get("patient_id")
+    if patient_id is None:
+        raise _error(path, case_id, "patient_id", "attr patient_id (str)", "nothing (missing)")
+    if not isinstance(patient_id, str | bytes) or not _plain(patient_id).strip():
+        raise _error(path, case_id, "patient_id", "a non-empty str", repr(_plain(patient_id)))
+    n_pd = raw.get("n_pd_frames")
+    if n_pd is None:
+        raise _error(path, case_id, "n_pd_frames", "attr n_pd_frames (int)", "nothing (missing)")
+    if not _is_int(n_pd) or not 0 <= int(n_pd) <= n_t - 2:
+        raise _error(
+            path,
+            case_id,
+            "n_pd_frames",
+            f"an int in [0, T-2={n_t - 2}] (at least 2 SR frames)",
+            f"{_plain(n_pd)!r} ({type(n_pd).__name__})",
+        )
+    for key in ("site", "scanner"):
+        if key in raw and not isinstance(raw[key], str | bytes):
+            raise _error(path, case_id, key, "a str", f"{_plain(raw[key])!r}")
+    if "field_T" in raw and not (_is_real(raw["field_T"]) and float(raw["field_T"]) > 0):
+        raise _error(
+            path, case_id, "field_T", "a number > 0 (tesla)", f"{_plain(raw['field_T'])!r}"
+        )
+    if "stress" in raw:
+        stress = raw["stress"]
+        if not (isinstance(stress, bool | np.bool_) or (_is_int(stress) and int(stress) in (0, 1))):
+            raise _error(path, case_id, "stress", "a bool", f"{_plain(stress)!r}")
+    attrs = {k: _plain(v) for k, v in raw.items()}
+    if "stress" in attrs:
+        attrs["stress"] = bool(attrs["stress"])
+    info = AIFCaseInfo(
+        case_id=case_id,
+        patient_id=str(attrs["patient_id"]),
+        n_frames=n_t,
+        shape=(ro, e1),
+        has_mask=mask is not None,
+        attrs=attrs,
+    )
+    return info, times_s
+
+
+def _open(path: Any) -> h5py.File:
+    if not Path(path).is_file():
+        raise _error(path, None, None, "an existing HDF5 file", "no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise _error(path, None, None, "a readable HDF5 file", f"{exc}") from exc
+
+
+def scan_aif_file(path: str | os.PathLike, require_mask: bool = False) -> list[AIFCaseInfo]:
+    """Check the structure of every case in an AIF file, reading no pixel data.
+
+    Checks keys, ranks, dtypes, shapes and attrs, and reads ``times_s`` (small) to check that it is
+    finite and strictly increasing. NaN/Inf in ``series`` and mask values are checked by
+    :func:`read_aif_case`.
+
+    Args:
+        path: HDF5 file.
+        require_mask: every case must have a ``mask``.
+
+    Returns:
+        One :class:`AIFCaseInfo` per case, in file order.
+
+    Raises:
+        AIFContractError: missing, unreadable or truncated file, no cases, or any violation.
+    """
+    with _open(path) as h5:
+        infos = []
+        case_id = None
+        try:
+            for case_id in h5:
+                group = h5.get(case_id)
+                if not isinstance(group, h5py.Group):
+                    raise _error(path, case_id, None, "a case group", type(group).__name__)
+                infos.append(_check_case(group, path, case_id, require_mask)[0])
+        except OSError as exc:
+            raise _error(path, case_id, None, "a readable HDF5 file", f"{exc}") from exc
+    if not infos:
+        raise _error(path, None, None, "at least one case group", "none")
+    return infos
+
+
+def read_aif_case(
+    h5: h5py.File, case_id: str, path_for_errors: Any, require_mask: bool = False
+) -> AIFCase:
+    """Read and check one case: structure, NaN/Inf in ``series``, mask values in {0, 1, 2}.
+
+    Args:
+        h5: open file.
+        case_id: group name.
+        path_for_errors: file name used in error messages.
+        require_mask: the case must have a ``mask``.
+
+    Raises:
+        AIFContractError: any violation, or an unreadable (e.g. truncated) dataset.
+    """
+    group = h5.get(case_id)
+    if not isinstance(group, h5py.Group):
+        found = "nothing (missing)" if group is None else type(group).__name__
+        raise _error(path_for_errors, case_id, None, "a case group", found)
+    key = "series"
+    try:
+        info, times_s = _check_case(group, path_for_errors, case_id, require_mask)
+        series = np.asarray(group["series"][()], dtype=np.float32)
+        key = "mask"
+        mask = np.asarray(group["mask"][()]) if info.has_mask else None
+    except OSError as exc:
+        raise _error(path_for_errors, case_id, key, "readable data", f"{exc}") from exc
+    if not np.isfinite(series).all():
+        n_bad = int(series.size - np.count_nonzero(np.isfinite(series)))
+        raise _error(path_for_errors, case_id, "series", "finite values", f"{n_bad} NaN/Inf")
+    if mask is not None and mask.max(initial=0) > max(MASK_VALUES):
+        found = sorted(set(np.unique(mask).tolist()) - set(MASK_VALUES))
+        raise _error(path_for_errors, case_id, "mask", f"values in {set(MASK_VALUES)}", f"{found}")
+    return AIFCase(
+        case_id=case_id,
+        patient_id=info.patient_id,
+        series=series,
+        times_s=times_s,
+        n_pd_frames=int(info.attrs["n_pd_frames"]),
+        mask=mask,
+        attrs=info.attrs,
+    )
+
+
+class AIFHDF5Dataset(Dataset):
+    """Preprocessed AIF cases from one contract file, for a DataLoader.
+
+    The HDF5 file is opened lazily on the first ``__getitem__`` in each process (reopened when the
+    pid changes) and never in ``__init__``, so ``num_workers > 0`` works; the handle is dropped
+    when pickled. Case ids are not checked here: call :func:`scan_aif_file` first.
+
+    A sample is ``{"image": float32 [n_frames, ro_size, e1_size], "mask": int64 [ro_size,
+    e1_size], "case_id": str}``; "mask" is present when ``require_mask`` (a case without one then
+    raises :class:`AIFContractError`) or, with ``require_mask=False``, when the case has one.
+    ``transform(sample) -> sample`` is applied last.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        case_ids: list[str],
+        preprocessing: AIFPreprocessing = AIFPreprocessing(),  # noqa: B008 (frozen, immutable)
+        transform: Any = None,
+        require_mask: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.case_ids = list(case_ids)
+        self.preprocessing = preprocessing
+        self.transform = transform
+        self.require_mask = require_mask
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = _open(self.path)
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getitem__(self, index: int) -> dict:
+        case_id = self.case_ids[index]
+        case = read_aif_case(self._file(), case_id, self.path, require_mask=self.require_mask)
+        try:
+            pre = preprocess_aif_series(
+                case.series, case.times_s, case.n_pd_frames, self.preprocessing
+            )
+        except ValueError as exc:
+            raise _error(self.path, case_id, "series", "a usable series", f"{exc}") from exc
+        sample: dict[str, Any] = {"image": torch.from_numpy(pre.image), "case_id": case_id}
+        if case.mask is not None:
+            mask = preprocess_mask(case.mask, self.preprocessing).astype(np.int64)
+            sample["mask"] = torch.from_numpy(mask)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def close(self) -> None:
+        """Close this process's file handle (reopened on the next access)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state

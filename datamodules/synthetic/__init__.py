@@ -1,0 +1,1 @@
+"""Physics-based synthetic phantoms, the embedded default data sets."""

@@ -1,0 +1,1 @@
+"""Pure NumPy/SciPy quantification: AIF preprocessing and curves, relaxometry, ECV, statistics."""

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
-    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
-    return [hydra.utils.instantiate(c) for c in (group or {}).values() if "_target_" in c]
+    """Instantiate every entry with a ``_target_`` (callbacks, loggers); ``null`` disables one."""
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
 def _test_summary(metrics: dict[str, float]) -> str:
@@ -54,7 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
             if not best:
                 log.warning("No best checkpoint was saved; testing the current weights.")
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)

@@ -93,7 +93,9 @@ class AIFDataModule(pl.LightningDataModule):
             self.split = read_split(hp.split_file, {c.case_id for c in cases})
         else:
             patients = {c.case_id: c.patient_id for c in cases}
-            self.split = split_by_patient(patients, hp.val_fraction, hp.test_fraction, hp.split_seed)
+            self.split = split_by_patient(
+                patients, hp.val_fraction, hp.test_fraction, hp.split_seed
+            )
         if hp.split_out:
             write_split(hp.split_out, self.split)
         flip = RandomFlip(hp.flip_ro_p, hp.flip_e1_p)

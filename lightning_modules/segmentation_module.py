@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
+from quantification.lv_mask import LABEL_LV as LV
+from quantification.lv_mask import LABEL_RV as RV
 from quantification.lv_mask import masks_from_probabilities
-
-LV, RV = 1, 2
 
 
 def dice_per_case(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -54,9 +54,13 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         if n_classes not in (2, 3):
             raise ValueError(f"n_classes must be 2 (2CS) or 3 (3CS), got {n_classes}")
-        self.save_hyperparameters(ignore=["net", "loss"])
+        # Checkpoints keep plain data only (they load with torch.load(weights_only=True)); the
+        # full resolved config is logged by train.py.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
         self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.n_classes = n_classes
         self.stage_metrics = nn.ModuleDict(
             {
@@ -121,10 +125,10 @@ class SegmentationModule(pl.LightningModule):
         self._log_summary("test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},

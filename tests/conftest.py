@@ -30,7 +30,7 @@ TINY = [
 
 
 def compose_train_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """Compose ``conf/train.yaml`` as ``python train.py <overrides>`` would, outputs in ``output_dir``."""
+    """The config of ``python train.py <overrides>``, with run outputs in ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -52,8 +52,7 @@ def tiny_config(tmp_path: Path, data_dir: Path):
     """Build a tiny, fast train config: ``tiny_config(["model=resunet2cs", ...])``."""
 
     def make(overrides: list[str] = ()) -> DictConfig:
-        return compose_train_config(
-            [*TINY, f"paths.data_dir={data_dir}", *overrides], output_dir=tmp_path
-        )
+        paths = [f"paths.data_dir={data_dir}", f"paths.artifacts_dir={tmp_path / 'artifacts'}"]
+        return compose_train_config([*TINY, *paths, *overrides], output_dir=tmp_path)
 
     return make

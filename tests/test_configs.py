@@ -7,7 +7,7 @@ import itertools
 import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tests.conftest import ROOT, compose_train_config
 
@@ -18,18 +18,26 @@ GROUPS = {
 COMBINATIONS = list(itertools.product(*GROUPS.values()))
 
 
+def resolve(cfg: DictConfig) -> dict:
+    """Resolve every interpolation of the job config (Hydra's own sweep keys aside)."""
+    job = cfg.copy()
+    with open_dict(job):
+        del job["hydra"]
+    return OmegaConf.to_container(job, resolve=True)
+
+
 @pytest.mark.parametrize("choice", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
 def test_every_group_combination_composes_and_resolves(choice, tmp_path):
-    overrides = [f"{group}={name}" for group, name in zip(GROUPS, choice)]
+    overrides = [f"{group}={name}" for group, name in zip(GROUPS, choice, strict=True)]
     cfg = compose_train_config(overrides, output_dir=tmp_path)
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    resolve(cfg)
 
 
 @pytest.mark.parametrize("preset", ["experiment", "debug"])
 def test_every_preset_composes(preset, tmp_path):
     for path in sorted((ROOT / "conf" / preset).glob("*.yaml")):
         cfg = compose_train_config([f"{preset}={path.stem}"], output_dir=tmp_path)
-        OmegaConf.to_container(cfg, resolve=True)
+        resolve(cfg)
 
 
 @pytest.mark.parametrize("model, outputs", [("resunet3cs", 3), ("resunet2cs", 1)])

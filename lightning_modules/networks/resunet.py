@@ -28,7 +28,7 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class ResNetModule(nn.Module):
-    """Pre-activation residual module: (BN→ReLU→Conv3×3) twice, identity shortcut if shapes match."""
+    """Pre-activation residual module: (BN→ReLU→Conv3×3) ×2, identity shortcut if shapes match."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -49,7 +49,10 @@ class ResNetModule(nn.Module):
 
 def _stack(in_channels: int, out_channels: int, n_modules: int) -> nn.Sequential:
     return nn.Sequential(
-        *[ResNetModule(in_channels if i == 0 else out_channels, out_channels) for i in range(n_modules)]
+        *[
+            ResNetModule(in_channels if i == 0 else out_channels, out_channels)
+            for i in range(n_modules)
+        ]
     )
 
 
@@ -61,7 +64,7 @@ class ResUNet(nn.Module):
         n_outputs: output channels: 1 (2CS, sigmoid) or 3 (3CS, softmax over background/LV/RV).
         input_planes: filters of the input block (and of the last up level).
         planes: filters of each down level, finest first.
-        modules_per_level: ResNet modules of each down level (the bridge and the up levels repeat them).
+        modules_per_level: ResNet modules of each down level (repeated by the bridge and up levels).
 
     Input ``[B, in_channels, H, W]`` with H and W divisible by ``2 ** (len(planes) + 1)``;
     output logits ``[B, n_outputs, H, W]``.

@@ -11,12 +11,13 @@ from train import train
 
 
 @pytest.mark.parametrize("model", ["resunet3cs", "resunet2cs"])
-def test_fast_dev_run_fits_and_tests(model, tiny_config):
+def test_fast_dev_run_fits_and_tests(model, tiny_config, tmp_path):
     cfg = tiny_config([f"model={model}", "trainer.fast_dev_run=true"])
     metrics = train(cfg)
     assert 0.0 <= metrics["test/lv_dice"] <= 1.0
     assert ("test/rv_dice" in metrics) == (model == "resunet3cs")
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (tmp_path / "figures" / "test_predictions.png").stat().st_size > 0
 
 
 def test_split_is_by_patient_and_written_to_the_run_dir(tiny_config, tmp_path):

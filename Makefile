@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test test-slow bench clean
+.PHONY: install train test test-slow bench export clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test-slow: install  ## long tests marked `slow`
 
 bench: install  ## benchmarks that print figures (never part of the test suite)
 	$(PY) benchmarks/train_throughput.py $(ARGS)
+
+export: install  ## export a checkpoint as the scanner artifact: make export CKPT=logs/train/runs/<run>/checkpoints/<best>.ckpt
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<run dir>/checkpoints/<file>.ckpt [ARGS='--onnx --output PATH']"; exit 2; }
+	$(PY) -m callbacks.export "$(CKPT)" $(ARGS)
 
 clean:  ## remove the environment, run outputs and caches (keeps data/ and artifacts/)
 	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache .ruff_cache *.egg-info

@@ -77,8 +77,10 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
 
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"model: {cfg.model.net._target_} {params / 1e6:.2f} M parameters, "
-          f"batch {cfg.data.batch_size}, num_workers {cfg.data.num_workers}")
+    print(
+        f"model: {cfg.model.net._target_} {params / 1e6:.2f} M parameters, "
+        f"batch {cfg.data.batch_size}, num_workers {cfg.data.num_workers}"
+    )
     loader_rate = loader_throughput(loader, args.steps)
     print(f"DataLoader only      : {loader_rate:8.1f} samples/s")
     batch = next(iter(loader))

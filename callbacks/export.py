@@ -1,0 +1,479 @@
+"""Export the trained model as the scanner-side artifact (TorchScript + metadata, optional ONNX).
+
+:class:`ModelExport` (on by default, settings in ``conf/export/default.yaml``, overridable as
+``export.onnx=true`` ...) writes ``artifacts/aif_<model>.ts`` plus a copy in ``<run dir>/export/``.
+
+When it runs: the metadata must carry the test metrics, and those exist only after
+``trainer.test`` of the best checkpoint. So the export happens in ``on_test_end``, with the
+weights just tested (``train.py`` tests ``best_model_path``) and ``trainer.callback_metrics``.
+When no test follows the fit (``test=false``, passed in as ``wait_for_test``), it happens in
+``on_fit_end`` instead, with the best checkpoint's weights loaded into a copy of the network and
+``test_metrics: null``. One export per run either way, and always of the best checkpoint.
+
+What an export does (:func:`export_artifact`): wrap the network so that it maps a preprocessed
+batch [B, 64, 64, 48] to probabilities (sigmoid for 2CS, softmax for 3CS), ``torch.jit.script``
+it, ``torch.jit.freeze`` it (weights become constants; BN folding optional, see
+``fold_batchnorm``), hash the model records, write the file atomically (temporary file in the same
+directory, then ``os.replace``) with ``metadata.json`` inside, reload the written file with the
+runtime's own :func:`exports.load_artifact` (hash verified) and compare it with the eager model on
+a real batch of the datamodule: a max abs difference above ``atol`` fails the run
+(:class:`ExportParityError`) and leaves no file behind.
+
+Command line (``make export CKPT=...``): ``python -m callbacks.export <ckpt> [--output PATH]
+[--onnx]`` rebuilds the model and data from the run's saved config (``<run dir>/.hydra/``),
+tests the checkpoint on the run's own split and exports it exactly as training would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from exports.artifact import (
+    FORMAT,
+    METADATA_NAME,
+    THRESHOLD_RULE,
+    load_artifact,
+    quiet_torchscript_deprecation,
+    weights_sha256,
+)
+from quantification.aif_preprocessing import AIFPreprocessing
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExportParityError", "ModelExport", "ProbabilityModel", "export_artifact", "main"]
+
+CLASSES = {2: ["background", "lv"], 3: ["background", "lv", "rv"]}
+
+
+class ExportParityError(RuntimeError):
+    """The reloaded artifact does not reproduce the eager model within the tolerance."""
+
+
+class ProbabilityModel(nn.Module):
+    """The exported computation: logits of ``net`` -> probabilities.
+
+    Input float32 [B, n_frames, RO, E1]; output float32 [B, 1, RO, E1] = sigmoid (2CS) or
+    [B, 3, RO, E1] = softmax over background/LV/RV (3CS), as ``SegmentationModule.probabilities``.
+    """
+
+    def __init__(self, net: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        if n_classes not in CLASSES:
+            raise ValueError(f"n_classes must be 2 or 3, got {n_classes}")
+        self.net = net
+        self.sigmoid = n_classes == 2
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.net(image).float()
+        if self.sigmoid:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def _atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s directory; on success ``os.replace`` it to ``path``."""
+    tmp = _atomic_path(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _max_abs_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def _check_parity(diff: float, atol: float, what: str) -> None:
+    if not diff <= atol:
+        raise ExportParityError(
+            f"{what} differs from the eager model by {diff:.3g} (max abs probability), more than "
+            f"the allowed {atol:g}; not exporting it. Check the network for ops TorchScript/ONNX "
+            "handle differently, or export with fold_batchnorm=false."
+        )
+
+
+def _script(model: ProbabilityModel, freeze: bool, fold_batchnorm: bool) -> torch.jit.ScriptModule:
+    with quiet_torchscript_deprecation():
+        scripted = torch.jit.script(model)
+        if freeze:
+            scripted = torch.jit.freeze(scripted, optimize_numerics=fold_batchnorm)
+    return scripted
+
+
+def _save_bytes(module: torch.jit.ScriptModule, extra: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with quiet_torchscript_deprecation():
+        torch.jit.save(module, buffer, _extra_files=extra or {})
+    return buffer.getvalue()
+
+
+def export_artifact(
+    net: nn.Module,
+    n_classes: int,
+    batch: torch.Tensor,
+    path: str | os.PathLike,
+    metadata: dict[str, Any],
+    atol: float = 1e-5,
+    freeze: bool = True,
+    fold_batchnorm: bool = False,
+    onnx: bool = False,
+    onnx_atol: float = 1e-4,
+    copies: tuple[str | os.PathLike, ...] = (),
+) -> dict[str, Any]:
+    """Export ``net`` as a verified TorchScript artifact (and optionally ONNX).
+
+    Args:
+        net: the network, logits [B, 1 or 3, RO, E1] for a preprocessed batch (not modified: a
+            float32 CPU copy in eval mode is exported).
+        n_classes: 2 (sigmoid head) or 3 (softmax head).
+        batch: float [B, n_frames, RO, E1] real preprocessed series for the parity check.
+        path: the artifact file (``.ts``); the ONNX file goes next to it as ``.onnx``.
+        metadata: task, model, config, test_metrics, source_checkpoint (the rest is filled in).
+        atol: largest allowed max abs difference of the probabilities, reloaded vs eager.
+        freeze: ``torch.jit.freeze`` (weights become constants, faster).
+        fold_batchnorm: let freezing fold BN into the preceding convs (changes rounding).
+        onnx: also write ``<path>.onnx`` (checked with onnxruntime when installed).
+        onnx_atol: the same check for ONNX Runtime, whose own conv kernels (MLAS, not oneDNN)
+            round differently: 1.4e-5 measured on a trained 3CS model with logits up to 190.
+        copies: further files (e.g. in the run dir) that get the same bytes, written atomically.
+
+    Returns:
+        The metadata written.
+
+    Raises:
+        ExportParityError: the reloaded artifact does not match the eager model.
+    """
+    path = Path(path)
+    model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval(), n_classes).eval()
+    batch = batch.float().cpu().contiguous()
+    with torch.inference_mode():
+        reference = model(batch)
+    scripted = _script(model, freeze, fold_batchnorm)
+    plain = _save_bytes(scripted)
+    with torch.inference_mode():
+        diff = _max_abs_diff(scripted(batch), reference)
+    _check_parity(diff, atol, "The scripted model")
+    n_frames, ro, e1 = (int(n) for n in batch.shape[1:])
+    metadata = {
+        "format": FORMAT,
+        "task": metadata.get("task", "aif_lv_detection"),
+        "model": metadata.get("model"),
+        "classes": CLASSES[n_classes],
+        "n_classes": n_classes,
+        "output": "sigmoid" if n_classes == 2 else "softmax",
+        "input_shape": [None, n_frames, ro, e1],
+        "preprocessing": metadata["preprocessing"],
+        "threshold_rule": THRESHOLD_RULE,
+        "torch_version": torch.__version__,
+        "config": metadata.get("config"),
+        "test_metrics": metadata.get("test_metrics"),
+        "weights_sha256": weights_sha256(plain),
+        "source_checkpoint": metadata.get("source_checkpoint"),
+        "parity_max_abs_diff": diff,
+        "parity_n_cases": len(batch),
+        "optimisation": {"freeze": freeze, "fold_batchnorm": freeze and fold_batchnorm},
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    data = _save_bytes(scripted, {METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
+    with _atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+        artifact = load_artifact(tmp)  # the runtime's loader: hash and metadata verified
+        diff = _max_abs_diff(artifact.probabilities(batch), reference)
+        _check_parity(diff, atol, f"The reloaded artifact {path}")
+    for extra in copies:
+        with _atomic_write(Path(extra)) as tmp:
+            shutil.copyfile(path, tmp)
+    log.info("Exported %s (parity max abs diff %.2g on %d cases)", path, diff, len(batch))
+    if onnx:
+        _export_onnx(model, batch, reference, path.with_suffix(".onnx"), metadata, onnx_atol)
+    return metadata
+
+
+_ONNX_WARNINGS = (
+    # torch 2.13's TorchScript-based ONNX exporter (the dynamo one needs onnxscript) announces its
+    # own deprecation, and then that of the logging helper it calls itself.
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"The feature will be removed\. Please remove usage of this function",
+)
+
+
+def _export_onnx(
+    model: ProbabilityModel,
+    batch: torch.Tensor,
+    reference: torch.Tensor,
+    path: Path,
+    metadata: dict[str, Any],
+    atol: float,
+) -> None:
+    """ONNX file with the same metadata in ``metadata_props``; checked with onnxruntime."""
+    import onnx
+
+    with _atomic_write(path) as tmp, warnings.catch_warnings():
+        for message in _ONNX_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        with quiet_torchscript_deprecation():
+            torch.onnx.export(
+                model,
+                (batch[:1],),
+                str(tmp),
+                input_names=["image"],
+                output_names=["probability"],
+                dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_NAME, json.dumps(metadata, default=str)
+        onnx.save(proto, str(tmp))
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            log.warning("onnxruntime is not installed: %s written without a parity check", path)
+        else:
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            out = session.run(None, {"image": batch.numpy()})[0]
+            _check_parity(_max_abs_diff(out, reference), atol, f"The ONNX model {path}")
+    log.info("Exported %s", path)
+
+
+def _run_config(path: str | None) -> dict[str, Any] | None:
+    """The run's config as Hydra saved it, resolved when Hydra's runtime config is available."""
+    if not path or not Path(path).is_file():
+        log.warning("No run config at %s: the artifact's metadata will have config: null", path)
+        return None
+    cfg = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run
+        log.warning("Run config %s stored unresolved (%s)", path, exc)
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+class ModelExport(pl.Callback):
+    """Export the best checkpoint as the scanner artifact, after testing it (module docstring).
+
+    Args:
+        artifact_path: the stable artifact path, e.g. ``artifacts/aif_resunet3cs.ts``.
+        run_copy_dir: directory of the copy kept with the run (``None``: no copy).
+        model_name: model name in the metadata (the Hydra ``model`` choice).
+        task: task name in the metadata.
+        run_config: the run's saved config (``<run dir>/.hydra/config.yaml``), stored resolved.
+        wait_for_test: a test follows the fit (``${test}``): export in ``on_test_end`` with the
+            test metrics; ``False``: export the best checkpoint in ``on_fit_end``.
+        atol: largest allowed max abs probability difference, reloaded artifact vs eager.
+        freeze: ``torch.jit.freeze`` the scripted model.
+        fold_batchnorm: fold BN into convs while freezing.
+        onnx: also export ``<artifact>.onnx``.
+        onnx_atol: parity tolerance of the ONNX Runtime check.
+        parity_cases: cases of the first batch used for the parity check.
+    """
+
+    def __init__(
+        self,
+        artifact_path: str,
+        run_copy_dir: str | None = None,
+        model_name: str | None = None,
+        task: str = "aif_lv_detection",
+        run_config: str | None = None,
+        wait_for_test: bool = True,
+        atol: float = 1e-5,
+        freeze: bool = True,
+        fold_batchnorm: bool = False,
+        onnx: bool = False,
+        onnx_atol: float = 1e-4,
+        parity_cases: int = 8,
+    ) -> None:
+        self.artifact_path = Path(artifact_path)
+        self.run_copy_dir = Path(run_copy_dir) if run_copy_dir else None
+        self.model_name = model_name
+        self.task = task
+        self.run_config = run_config
+        self.wait_for_test = wait_for_test
+        self.atol = atol
+        self.freeze = freeze
+        self.fold_batchnorm = fold_batchnorm
+        self.onnx = onnx
+        self.onnx_atol = onnx_atol
+        self.parity_cases = parity_cases
+        self.metadata: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.wait_for_test or not trainer.is_global_zero:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        net = copy.deepcopy(pl_module.net)
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        else:
+            log.warning("No best checkpoint: exporting the current weights")
+        self._export(trainer, pl_module, net, best or None, "val", test_metrics=None)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+        }
+        self._export(trainer, pl_module, pl_module.net, trainer.ckpt_path, "test", metrics)
+
+    def _parity_batch(self, trainer: pl.Trainer, split: str) -> torch.Tensor:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            raise RuntimeError("ModelExport needs a datamodule for its parity batch")
+        loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+        return next(iter(loader))["image"][: self.parity_cases]
+
+    def _export(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        net: nn.Module,
+        checkpoint: str | None,
+        split: str,
+        test_metrics: dict[str, float] | None,
+    ) -> None:
+        datamodule = trainer.datamodule
+        preprocessing = getattr(datamodule, "preprocessing", AIFPreprocessing())
+        copies = (self.run_copy_dir / self.artifact_path.name,) if self.run_copy_dir else ()
+        self.metadata = export_artifact(
+            net,
+            int(pl_module.n_classes),
+            self._parity_batch(trainer, split),
+            self.artifact_path,
+            {
+                "task": self.task,
+                "model": self.model_name,
+                "preprocessing": asdict(preprocessing),
+                "config": _run_config(self.run_config),
+                "test_metrics": test_metrics,
+                "source_checkpoint": str(checkpoint) if checkpoint else None,
+            },
+            atol=self.atol,
+            freeze=self.freeze,
+            fold_batchnorm=self.fold_batchnorm,
+            onnx=self.onnx,
+            onnx_atol=self.onnx_atol,
+            copies=copies,
+        )
+        if self.onnx and self.run_copy_dir:
+            onnx_path = self.artifact_path.with_suffix(".onnx")
+            with _atomic_write(self.run_copy_dir / onnx_path.name) as tmp:
+                shutil.copyfile(onnx_path, tmp)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _find_run_dir(checkpoint: Path) -> Path:
+    for parent in checkpoint.resolve().parents:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    raise FileNotFoundError(
+        f"{checkpoint}: no .hydra/config.yaml in any parent directory; export needs the config "
+        "Hydra saved with the run (<run dir>/.hydra/config.yaml)"
+    )
+
+
+def _load_run_config(run_dir: Path) -> DictConfig:
+    """The run's config with Hydra's runtime config installed, so interpolations resolve."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # registers the ${hydra:...} and ${now:...} resolvers, as @hydra.main does
+    root = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("PROJECT_ROOT", str(root))
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        from hydra.conf import HydraConf
+
+        saved = OmegaConf.load(hydra_file).hydra
+        full = copy.deepcopy(cfg)
+        hydra_node = OmegaConf.structured(HydraConf)
+        OmegaConf.set_struct(hydra_node, False)  # keys of newer/older Hydra versions are kept
+        with open_dict(full):
+            full.hydra = OmegaConf.merge(hydra_node, saved)
+        HydraConfig.instance().set_config(full)
+    if "export" not in cfg:  # a run from before the export group: use today's defaults
+        cfg.export = OmegaConf.load(root / "conf" / "export" / "default.yaml")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m callbacks.export CKPT [--output PATH] [--onnx]``: test, then export a ckpt."""
+    import hydra
+
+    parser = argparse.ArgumentParser(prog="python -m callbacks.export", description=main.__doc__)
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt inside a run directory")
+    parser.add_argument("--output", type=Path, help="artifact path (default: export.artifact_path)")
+    parser.add_argument("--onnx", action="store_true", help="also write the ONNX model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    run_dir = _find_run_dir(args.checkpoint)
+    cfg = _load_run_config(run_dir)
+    split = run_dir / "split.json"
+    cfg.data.split_file = str(split) if split.is_file() else cfg.data.get("split_file")
+    cfg.data.split_out = None  # leave the run's files alone
+    cfg.export.run_config = str(run_dir / ".hydra" / "config.yaml")
+    cfg.export.wait_for_test = True
+    if args.output:
+        cfg.export.artifact_path = str(args.output)
+    if args.onnx:
+        cfg.export.onnx = True
+    exporter: ModelExport = hydra.utils.instantiate(cfg.export)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=[exporter], logger=False, enable_checkpointing=False
+    )
+    with warnings.catch_warnings():  # only the weights are restored; callback states don't matter
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+        trainer.test(
+            hydra.utils.instantiate(cfg.model),
+            datamodule=hydra.utils.instantiate(cfg.data),
+            ckpt_path=str(args.checkpoint),
+        )
+    print(f"Exported {exporter.artifact_path} (test metrics: {exporter.metadata['test_metrics']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

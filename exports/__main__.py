@@ -1,0 +1,100 @@
+"""Command line of the inline runtime.
+
+``python -m exports aif --model artifacts/aif_resunet3cs.ts --input cases.h5 --output results.h5
+[--figures DIR] [--threads N]``
+
+Reads every case of an AIF contract file (DESIGN.md), runs the AIF pipeline with the artifact
+loaded once, and writes ``results.h5`` and ``results.json`` (layout in ``exports.results``) and,
+with ``--figures``, one PNG per case. A case that cannot be read or processed is written as
+failed, with its reason, and the others are still processed. Exit status: 0 all cases succeeded,
+1 at least one failed (outputs written), 2 bad arguments or an unusable model/input file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from exports.aif_pipeline import AIFCase, AIFPipeline, AIFResult, CaseFailure
+from exports.artifact import ArtifactError, load_artifact
+
+
+def read_cases(path: Path) -> Iterator[AIFCase | CaseFailure]:
+    """Cases of an AIF contract file, one at a time; a case breaking the contract -> failure."""
+    import h5py
+
+    from datamodules.aif_hdf5 import AIFContractError, read_aif_case
+
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise AIFContractError(f"{path}: expected a readable HDF5 file; found {exc}") from exc
+    with h5:
+        for case_id in h5:
+            try:
+                case = read_aif_case(h5, case_id, path)
+            except AIFContractError as exc:
+                yield CaseFailure(case_id, f"{type(exc).__name__}: {exc}")
+                continue
+            yield AIFCase(case_id, case.series, case.times_s, case.n_pd_frames)
+
+
+def run_aif(args: argparse.Namespace) -> int:
+    """The ``aif`` subcommand; returns the exit status."""
+    from datamodules.aif_hdf5 import AIFContractError
+    from exports.results import write_results
+
+    torch.set_num_threads(args.threads)
+    try:
+        artifact = load_artifact(args.model, expected_task="aif_lv_detection")
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pipeline = AIFPipeline(artifact)
+    outcomes: list[AIFResult | CaseFailure] = []
+    start = time.perf_counter()
+    try:
+        for case in read_cases(args.input):
+            outcome = next(pipeline.run_many([case]))
+            outcomes.append(outcome)
+            if isinstance(outcome, AIFResult) and isinstance(case, AIFCase) and args.figures:
+                from exports.figures import plot_case
+
+                signal, _ = pipeline.signal_on_grid(case.series, case.times_s, case.n_pd_frames)
+                plot_case(outcome, signal, args.figures)
+            status = "ok" if isinstance(outcome, AIFResult) else f"FAILED: {outcome.error}"
+            print(f"{outcome.case_id}: {status}")
+    except AIFContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    model = {"model": str(args.model), "weights_sha256": artifact.metadata["weights_sha256"]}
+    h5_path, json_path = write_results(args.output, outcomes, model)
+    failed = [o for o in outcomes if isinstance(o, CaseFailure)]
+    print(
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} cases ok in {elapsed:.2f} s; "
+        f"wrote {h5_path} and {json_path}" + (f"; {len(failed)} failed" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    aif = sub.add_parser("aif", help="LV mask, AIF curve and features for every case of a file")
+    aif.add_argument("--model", type=Path, required=True, help="exported artifact (.ts)")
+    aif.add_argument("--input", type=Path, required=True, help="HDF5 file in the AIF contract")
+    aif.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
+    aif.add_argument("--figures", type=Path, help="folder for one PNG per case")
+    aif.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    args = parser.parse_args(argv)
+    return run_aif(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Export: a real training run leaves a verified TorchScript artifact; ONNX; make export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.export import ExportParityError, export_artifact
+from callbacks.export import main as export_main
+from exports import load_artifact, read_metadata
+from exports.artifact import METADATA_KEYS, METADATA_NAME
+from lightning_modules.networks.resunet import ResUNet
+from quantification.aif_preprocessing import AIFPreprocessing
+from tests.conftest import TINY, compose_train_config
+from train import train
+
+TINY_NET = {"input_planes": 8, "planes": [8, 8], "modules_per_level": [1, 1]}
+
+
+def save_hydra_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes at the start of a run: <run dir>/.hydra/config.yaml and hydra.yaml."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    job_keys = [key for key in cfg if key != "hydra"]
+    OmegaConf.save(OmegaConf.masked_copy(cfg, job_keys), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.masked_copy(cfg, ["hydra"]), run_dir / ".hydra" / "hydra.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
+    """One short real training run (2 steps, test on the best checkpoint, export) in a tmp dir."""
+    run_dir = tmp_path_factory.mktemp("run")
+    artifacts = run_dir.parent / f"{run_dir.name}_artifacts"
+    overrides = [
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"paths.artifacts_dir={artifacts}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+    ]
+    cfg = compose_train_config(overrides, output_dir=run_dir)
+    save_hydra_run_files(cfg, run_dir)
+    train(cfg)
+    return run_dir, artifacts
+
+
+def eager_model(run_dir: Path, checkpoint: str):
+    """The SegmentationModule of a run with a checkpoint's weights, eval mode."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    model = hydra.utils.instantiate(cfg.model)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    return model.eval()
+
+
+def test_training_leaves_the_artifact_at_the_stable_path_and_in_the_run_dir(trained_run):
+    run_dir, artifacts = trained_run
+    artifact = artifacts / "aif_resunet3cs.ts"
+    assert artifact.read_bytes() == (run_dir / "export" / "aif_resunet3cs.ts").read_bytes()
+    assert not list(artifacts.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_metadata_is_complete(trained_run):
+    run_dir, artifacts = trained_run
+    meta = read_metadata(artifacts / "aif_resunet3cs.ts")
+    assert set(METADATA_KEYS) <= set(meta)
+    assert meta["task"] == "aif_lv_detection" and meta["model"] == "resunet3cs"
+    assert meta["classes"] == ["background", "lv", "rv"] and meta["output"] == "softmax"
+    assert meta["input_shape"] == [None, 64, 64, 48]
+    assert meta["preprocessing"] == asdict(AIFPreprocessing())
+    rule = meta["threshold_rule"]
+    assert (rule["start"], rule["step"], rule["stop"], rule["connectivity"]) == (0.5, 0.01, 0.99, 8)
+    assert meta["torch_version"] == torch.__version__
+    assert meta["config"]["model"]["net"]["input_planes"] == 8  # the resolved training config
+    assert meta["config"]["paths"]["output_dir"] == str(run_dir)
+    assert 0 <= meta["test_metrics"]["test/lv_dice"] <= 1  # exported after testing
+    assert meta["source_checkpoint"].startswith(str(run_dir / "checkpoints" / "epoch"))
+    assert len(meta["weights_sha256"]) == 64 and meta["parity_max_abs_diff"] <= 1e-5
+
+
+def test_round_trip_matches_the_eager_model_on_a_real_batch(trained_run, data_dir):
+    run_dir, artifacts = trained_run
+    artifact = load_artifact(artifacts / "aif_resunet3cs.ts")
+    model = eager_model(run_dir, artifact.metadata["source_checkpoint"])
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    datamodule = hydra.utils.instantiate(cfg.data, split_out=None, data_dir=str(data_dir))
+    datamodule.setup("test")
+    image = next(iter(datamodule.test_dataloader()))["image"]
+    with torch.no_grad():
+        eager = model.probabilities(model(image)).numpy()
+    exported = artifact.probabilities(image.numpy())
+    assert exported.shape == eager.shape == (len(image), 3, 64, 48)
+    assert np.abs(exported - eager).max() <= 1e-5
+
+
+def test_make_export_rebuilds_the_model_from_the_run_config(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    checkpoint = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    output = tmp_path / "exported.ts"
+    assert export_main([str(checkpoint), "--output", str(output)]) == 0
+    meta = load_artifact(output).metadata
+    assert meta["source_checkpoint"] == str(checkpoint)
+    assert meta["test_metrics"]["test/n_cases"] > 0  # the checkpoint was tested on its split
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # the jit deprecations are filtered
+def test_2cs_exports_a_sigmoid_head(tmp_path):
+    net = ResUNet(n_outputs=1, **TINY_NET)
+    batch = torch.rand(2, 64, 64, 48)
+    meta = {"preprocessing": asdict(AIFPreprocessing()), "model": "resunet2cs"}
+    export_artifact(net, 2, batch, tmp_path / "aif_resunet2cs.ts", meta)
+    artifact = load_artifact(tmp_path / "aif_resunet2cs.ts")
+    assert artifact.metadata["classes"] == ["background", "lv"]
+    assert artifact.metadata["output"] == "sigmoid" and artifact.n_classes == 2
+    with torch.no_grad():
+        expected = torch.sigmoid(net.eval()(batch)).numpy()
+    assert np.abs(artifact.probabilities(batch.numpy()) - expected).max() <= 1e-5
+
+
+class ScriptOnlyOffset(torch.nn.Module):
+    """A network that TorchScript runs differently from eager mode (a parity failure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ResUNet(**TINY_NET)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if torch.jit.is_scripting():
+            out = out * 1.5
+        return out
+
+
+def test_a_parity_mismatch_fails_the_export_and_writes_nothing(tmp_path):
+    meta = {"preprocessing": asdict(AIFPreprocessing())}
+    with pytest.raises(ExportParityError, match="differs from the eager model by"):
+        export_artifact(ScriptOnlyOffset(), 3, torch.rand(2, 64, 64, 48), tmp_path / "m.ts", meta)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # the exporter's own ones are filtered
+def test_onnx_export_is_checked_with_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    net, batch = ResUNet(**TINY_NET), torch.rand(3, 64, 64, 48)
+    with torch.no_grad():  # batch-norm statistics of data, as after training
+        net.train()(torch.rand(8, 64, 64, 48))
+    net.eval()
+    meta = {"preprocessing": asdict(AIFPreprocessing())}
+    export_artifact(net, 3, batch, tmp_path / "aif.ts", meta, onnx=True)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "aif.onnx")).metadata_props}
+    assert json.loads(props[METADATA_NAME])["classes"] == ["background", "lv", "rv"]
+    session = ort.InferenceSession(str(tmp_path / "aif.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": batch[:2].numpy()})[0]  # any batch size
+    with torch.no_grad():
+        expected = net(batch[:2]).softmax(1).numpy()
+    assert np.abs(out - expected).max() <= 1e-5

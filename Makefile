@@ -12,9 +12,9 @@ install: $(STAMP)
 
 # Idempotent: creates .venv if missing, (re)installs only when the dependency files change.
 # Every pip call passes -c constraints.txt, which pins torch==2.13.0 (the CPU wheel).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,onnx]"
 	@touch $(STAMP)
 
 train: install  ## train, test and report the default model (3CS ResUNet on synthetic phantoms)

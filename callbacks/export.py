@@ -35,10 +35,7 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,6 +54,7 @@ from exports.artifact import (
     quiet_torchscript_deprecation,
     weights_sha256,
 )
+from exports.atomic_file import atomic_write
 from quantification.aif_preprocessing import AIFPreprocessing
 
 log = logging.getLogger(__name__)
@@ -89,31 +87,6 @@ class ProbabilityModel(nn.Module):
         if self.sigmoid:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-@contextmanager
-def _atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s directory; on success ``os.replace`` it to ``path``."""
-    tmp = _atomic_path(path)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _max_abs_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -212,13 +185,13 @@ def export_artifact(
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     data = _save_bytes(scripted, {METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
-    with _atomic_write(path) as tmp:
+    with atomic_write(path) as tmp:
         tmp.write_bytes(data)
         artifact = load_artifact(tmp)  # the runtime's loader: hash and metadata verified
         diff = _max_abs_diff(artifact.probabilities(batch), reference)
         _check_parity(diff, atol, f"The reloaded artifact {path}")
     for extra in copies:
-        with _atomic_write(Path(extra)) as tmp:
+        with atomic_write(Path(extra)) as tmp:
             shutil.copyfile(path, tmp)
     log.info("Exported %s (parity max abs diff %.2g on %d cases)", path, diff, len(batch))
     if onnx:
@@ -245,7 +218,7 @@ def _export_onnx(
     """ONNX file with the same metadata in ``metadata_props``; checked with onnxruntime."""
     import onnx
 
-    with _atomic_write(path) as tmp, warnings.catch_warnings():
+    with atomic_write(path) as tmp, warnings.catch_warnings():
         for message in _ONNX_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         with quiet_torchscript_deprecation():
@@ -396,7 +369,7 @@ class ModelExport(pl.Callback):
         )
         if self.onnx and self.run_copy_dir:
             onnx_path = self.artifact_path.with_suffix(".onnx")
-            with _atomic_write(self.run_copy_dir / onnx_path.name) as tmp:
+            with atomic_write(self.run_copy_dir / onnx_path.name) as tmp:
                 shutil.copyfile(onnx_path, tmp)
 
 

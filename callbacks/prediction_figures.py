@@ -7,8 +7,6 @@ as an image to W&B when a W&B logger is active.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +17,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
+from exports.atomic_file import atomic_write  # noqa: E402
 from lightning_modules.segmentation_module import LV, RV, dice_per_case  # noqa: E402
 from quantification.lv_mask import masks_from_probabilities  # noqa: E402
 
@@ -87,8 +86,7 @@ class PredictionFigure(pl.Callback):
         fig.tight_layout()
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / "test_predictions.png"
-        with tempfile.NamedTemporaryFile(dir=self.dirpath, suffix=".png", delete=False) as f:
-            fig.savefig(f, dpi=110)
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
-        os.replace(f.name, path)
         return path

@@ -7,12 +7,12 @@ same subset, so no patient's anatomy leaks from training into evaluation.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from exports.atomic_file import atomic_write
 
 SUBSETS = ("train", "val", "test")
 
@@ -53,10 +53,8 @@ def split_by_patient(
 def write_split(path: str | Path, split: Mapping[str, list[str]]) -> Path:
     """Write the split as JSON atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump({name: list(split[name]) for name in SUBSETS}, f, indent=1)
-    os.replace(f.name, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({name: list(split[name]) for name in SUBSETS}, indent=1))
     return path
 
 

@@ -6,12 +6,12 @@ matplotlib (Agg) is imported when a figure is drawn, so the runtime never pays f
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from exports.aif_pipeline import AIFResult
+from exports.atomic_file import atomic_write
 from quantification.lv_mask import LABEL_LV, LABEL_RV
 
 __all__ = ["plot_case"]
@@ -68,8 +68,7 @@ def plot_case(result: AIFResult, signal: np.ndarray, directory: str | os.PathLik
     fig.suptitle(result.case_id)
     fig.tight_layout()
     path = directory / f"{result.case_id}.png"
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png.tmp", delete=False) as tmp:
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp.name, path)
     return path

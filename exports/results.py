@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from exports.aif_pipeline import AIFResult, CaseFailure
+from exports.atomic_file import atomic_write
 
 __all__ = ["case_summary", "write_results"]
 
@@ -45,24 +45,6 @@ def case_summary(outcome: AIFResult | CaseFailure) -> dict[str, Any]:
         "lv_pixels": int((outcome.mask == 1).sum()),
         "n_grid_frames": len(outcome.aif),
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_atomically(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_results(
@@ -107,9 +89,8 @@ def write_results(
                 )
 
     json_path = path.with_suffix(".json")
-    _replace_atomically(path, write_h5)
-    _replace_atomically(
-        json_path,
-        lambda tmp: tmp.write_text(json.dumps({**header, "cases": summaries}, indent=2)),
-    )
+    with atomic_write(path) as tmp:
+        write_h5(tmp)
+    with atomic_write(json_path) as tmp:
+        tmp.write_text(json.dumps({**header, "cases": summaries}, indent=2))
     return path, json_path

@@ -45,7 +45,6 @@ peak, ``rv_peak_s``, ``lv_peak_s``; ``bolus`` normal / late / weak; ``snr_pd``, 
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,8 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.signal import lfilter
+
+from exports.atomic_file import atomic_write
 
 RO = 64
 PIXEL_MM = 360.0 / RO
@@ -434,10 +435,7 @@ def write_aif_phantoms(
     Returns the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         simulate_patient = lambda p: list(_patient_scans(seed, p, scans_per_patient))  # noqa: E731
         workers = min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool, h5py.File(tmp, "w") as f:
@@ -451,8 +449,4 @@ def write_aif_phantoms(
                 batch = range(first, min(first + 16, n_patients))
                 for p, scans in zip(batch, pool.map(simulate_patient, batch), strict=True):
                     _write_patient(f, f"P{p:04d}", scans)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

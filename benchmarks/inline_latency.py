@@ -13,6 +13,8 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
   (profiling runs, then JIT passes; the runtime switches that off: slower first calls only);
 * ``torchscript+bnfold``: the same, with batch norm folded into the convs while freezing;
 * ``torchscript+channels_last``: frozen from a channels_last copy of the network;
+* ``torchscript+bf16``: exported with ``precision="bf16"`` (bfloat16 weights and activations;
+  fast only on CPUs with AVX512-BF16 or AMX, e.g. Zen 4, Sapphire Rapids);
 * ``eager``: the ``ResUNet`` class built and its ``state_dict`` loaded (``torch.load``);
 * ``onnxruntime``: the ONNX export run by ONNX Runtime (if installed).
 
@@ -153,6 +155,8 @@ def prepare(workdir: Path, checkpoint: Path | None) -> dict[str, Path]:
     files["torchscript+channels_last"] = workdir / "model_cl.ts"
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
     export_artifact(net_cl, 3, batch, files["torchscript+channels_last"], meta, atol=1)
+    files["torchscript+bf16"] = workdir / "model_bf16.ts"
+    export_artifact(net, 3, batch, files["torchscript+bf16"], meta, precision="bf16")
     return files
 
 

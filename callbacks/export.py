@@ -73,16 +73,21 @@ class ProbabilityModel(nn.Module):
 
     Input float32 [B, n_frames, RO, E1]; output float32 [B, 1, RO, E1] = sigmoid (2CS) or
     [B, 3, RO, E1] = softmax over background/LV/RV (3CS), as ``SegmentationModule.probabilities``.
+    With ``bf16`` the network's weights and activations are bfloat16 (input cast on entry,
+    logits cast back to float32); input and output stay float32 either way.
     """
 
-    def __init__(self, net: nn.Module, n_classes: int) -> None:
+    def __init__(self, net: nn.Module, n_classes: int, bf16: bool = False) -> None:
         super().__init__()
         if n_classes not in CLASSES:
             raise ValueError(f"n_classes must be 2 or 3, got {n_classes}")
-        self.net = net
+        self.net = net.to(torch.bfloat16) if bf16 else net
         self.sigmoid = n_classes == 2
+        self.bf16 = bf16
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.bf16:
+            image = image.to(torch.bfloat16)
         logits = self.net(image).float()
         if self.sigmoid:
             return torch.sigmoid(logits)
@@ -129,6 +134,7 @@ def export_artifact(
     onnx: bool = False,
     onnx_atol: float = 1e-4,
     copies: tuple[str | os.PathLike, ...] = (),
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Export ``net`` as a verified TorchScript artifact (and optionally ONNX).
 
@@ -146,6 +152,10 @@ def export_artifact(
         onnx_atol: the same check for ONNX Runtime, whose own conv kernels (MLAS, not oneDNN)
             round differently: 1.4e-5 measured on a trained 3CS model with logits up to 190.
         copies: further files (e.g. in the run dir) that get the same bytes, written atomically.
+        precision: ``fp32``, or ``bf16`` (weights and activations in bfloat16: ~1.8x faster on
+            CPUs with AVX512-BF16 or AMX, much slower on CPUs without). Parity is checked against
+            the eager model of the same precision; the max abs difference to the fp32 model is
+            stored as ``metadata["fp32_max_abs_diff"]``.
 
     Returns:
         The metadata written.
@@ -154,13 +164,17 @@ def export_artifact(
         ExportParityError: the reloaded artifact does not match the eager model.
     """
     path = Path(path)
-    model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval(), n_classes).eval()
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"export precision must be 'fp32' or 'bf16', got {precision!r}")
+    fp32_model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval(), n_classes).eval()
+    model = ProbabilityModel(copy.deepcopy(fp32_model.net), n_classes, precision == "bf16").eval()
     batch = batch.float().cpu().contiguous()
     with torch.inference_mode():
         reference = model(batch)
+        fp32_diff = _max_abs_diff(reference, fp32_model(batch))
     scripted = _script(model, freeze, fold_batchnorm)
     plain = _save_bytes(scripted)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.jit.optimized_execution(False):  # as the runtime runs it
         diff = _max_abs_diff(scripted(batch), reference)
     _check_parity(diff, atol, "The scripted model")
     n_frames, ro, e1 = (int(n) for n in batch.shape[1:])
@@ -182,6 +196,8 @@ def export_artifact(
         "parity_max_abs_diff": diff,
         "parity_n_cases": len(batch),
         "optimisation": {"freeze": freeze, "fold_batchnorm": freeze and fold_batchnorm},
+        "precision": precision,
+        "fp32_max_abs_diff": fp32_diff,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     data = _save_bytes(scripted, {METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
@@ -194,8 +210,10 @@ def export_artifact(
         with atomic_write(Path(extra)) as tmp:
             shutil.copyfile(path, tmp)
     log.info("Exported %s (parity max abs diff %.2g on %d cases)", path, diff, len(batch))
-    if onnx:
-        _export_onnx(model, batch, reference, path.with_suffix(".onnx"), metadata, onnx_atol)
+    if onnx:  # ONNX Runtime has its own kernels: the fp32 model is exported
+        with torch.inference_mode():
+            reference = fp32_model(batch)
+        _export_onnx(fp32_model, batch, reference, path.with_suffix(".onnx"), metadata, onnx_atol)
     return metadata
 
 
@@ -277,6 +295,7 @@ class ModelExport(pl.Callback):
         onnx: also export ``<artifact>.onnx``.
         onnx_atol: parity tolerance of the ONNX Runtime check.
         parity_cases: cases of the first batch used for the parity check.
+        precision: ``fp32`` or ``bf16`` weights and activations (see :func:`export_artifact`).
     """
 
     def __init__(
@@ -293,6 +312,7 @@ class ModelExport(pl.Callback):
         onnx: bool = False,
         onnx_atol: float = 1e-4,
         parity_cases: int = 8,
+        precision: str = "fp32",
     ) -> None:
         self.artifact_path = Path(artifact_path)
         self.run_copy_dir = Path(run_copy_dir) if run_copy_dir else None
@@ -306,6 +326,7 @@ class ModelExport(pl.Callback):
         self.onnx = onnx
         self.onnx_atol = onnx_atol
         self.parity_cases = parity_cases
+        self.precision = precision
         self.metadata: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -366,6 +387,7 @@ class ModelExport(pl.Callback):
             onnx=self.onnx,
             onnx_atol=self.onnx_atol,
             copies=copies,
+            precision=self.precision,
         )
         if self.onnx and self.run_copy_dir:
             onnx_path = self.artifact_path.with_suffix(".onnx")
@@ -419,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a .ckpt inside a run directory")
     parser.add_argument("--output", type=Path, help="artifact path (default: export.artifact_path)")
     parser.add_argument("--onnx", action="store_true", help="also write the ONNX model")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: export.precision")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -433,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.export.artifact_path = str(args.output)
     if args.onnx:
         cfg.export.onnx = True
+    if args.precision:
+        cfg.export.precision = args.precision
     exporter: ModelExport = hydra.utils.instantiate(cfg.export)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=[exporter], logger=False, enable_checkpointing=False

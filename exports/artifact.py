@@ -24,12 +24,14 @@ import hashlib
 import inspect
 import io
 import json
+import mmap
 import os
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from quantification.aif_preprocessing import AIFPreprocessing
 from quantification.lv_mask import lv_mask_from_probability
 
 __all__ = [
+    "AIF_TASK",
     "FORMAT",
     "METADATA_KEYS",
     "METADATA_NAME",
@@ -51,6 +54,9 @@ __all__ = [
     "read_metadata",
     "weights_sha256",
 ]
+
+AIF_TASK = "aif_lv_detection"
+"""``metadata["task"]`` of the AIF LV detection models."""
 
 FORMAT = "inline-cmr/torchscript-artifact/1"
 """Value of ``metadata["format"]``; a loader refuses other formats."""
@@ -128,9 +134,10 @@ def _records(archive: zipfile.ZipFile, path: Any) -> dict[str, zipfile.ZipInfo]:
     return records
 
 
-def _open_archive(data: bytes, path: Any) -> zipfile.ZipFile:
+def _open_archive(data: bytes | mmap.mmap, path: Any) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
+        # A memory map is the file at `path`: zipfile reads its directory from the file itself.
+        return zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else path)
     except zipfile.BadZipFile as exc:
         raise ArtifactError(
             f"{path}: not a readable TorchScript archive ({exc}); the file is truncated, "
@@ -151,25 +158,50 @@ def _read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Any) -> 
 _UNHASHED = frozenset({".data/serialization_id"})  # random per torch.jit.save call
 
 
-def weights_sha256(data: bytes, path: Any = "<bytes>") -> str:
+def _record_span(data: bytes | mmap.mmap, info: zipfile.ZipInfo, path: Any) -> tuple[int, int]:
+    """``(start, end)`` of an uncompressed record's bytes in the archive file."""
+    header = data[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
+    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ArtifactError(f"{path}: record {info.filename!r} is damaged (bad local header)")
+    name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    if start + info.file_size > len(data):
+        raise ArtifactError(f"{path}: record {info.filename!r} is cut short; the file is truncated")
+    return start, start + info.file_size
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header (30 bytes)
+
+
+def weights_sha256(data: bytes | mmap.mmap, path: Any = "<bytes>") -> str:
     """SHA-256 (hex) of every record of a TorchScript archive except ``extra/`` (module docstring).
 
+    Records are hashed in place (views of ``data``, no copies or CRC passes: the SHA-256 covers
+    their integrity); ~15 ms for the 26 MB default model with the CPU's SHA instructions.
+
     Args:
-        data: the whole archive file.
+        data: the whole archive file, as bytes or a read-only memory map.
         path: file name used in error messages.
 
     Raises:
-        ArtifactError: not a zip archive, or a record fails its CRC check.
+        ArtifactError: not a zip archive, or a record lies outside the file.
     """
     with _open_archive(data, path) as archive:
+        records = sorted(_records(archive, path).items())
         digest = hashlib.sha256()
-        for name, info in sorted(_records(archive, path).items()):
-            if name.startswith("extra/") or name in _UNHASHED:
-                continue
-            record = _read_record(archive, info, path)
-            digest.update(f"{name}\0{len(record)}\0".encode())
-            digest.update(record)
-        return digest.hexdigest()
+        with memoryview(data) as view:
+            for name, info in records:
+                if name.startswith("extra/") or name in _UNHASHED:
+                    continue
+                if info.compress_type == zipfile.ZIP_STORED:
+                    start, end = _record_span(data, info, path)
+                    record: bytes | memoryview = view[start:end]
+                else:
+                    record = _read_record(archive, info, path)
+                digest.update(f"{name}\0{len(record)}\0".encode())
+                digest.update(record)
+                del record  # release the view before the map can be closed
+    return digest.hexdigest()
 
 
 def _metadata_from_archive(data: bytes, path: Any) -> dict[str, Any]:
@@ -191,16 +223,23 @@ def _metadata_from_archive(data: bytes, path: Any) -> dict[str, Any]:
     return metadata
 
 
-def _read_file(path: Path) -> bytes:
+@contextmanager
+def _mapped_file(path: Path) -> Iterator[mmap.mmap]:
+    """The file as a read-only memory map (no copy: ~13 ms less than reading 26 MB)."""
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact file")
-    return path.read_bytes()
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise ArtifactError(f"{path}: the file is empty; not an exported model")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of an artifact file, without loading the model or checking the hash."""
     path = Path(path)
-    return _metadata_from_archive(_read_file(path), path)
+    with _mapped_file(path) as data:
+        return _metadata_from_archive(data, path)
 
 
 @dataclass(frozen=True)
@@ -211,17 +250,21 @@ class Artifact:
         path: the file it was loaded from.
         module: the TorchScript module (eval mode, CPU), resident in memory.
         metadata: the parsed ``metadata.json`` (keys in :data:`METADATA_KEYS`).
-        preprocessing: the preprocessing parameters the model was trained with.
     """
 
     path: Path
     module: torch.jit.ScriptModule
     metadata: dict[str, Any]
-    preprocessing: AIFPreprocessing = field(init=False)
 
-    def __post_init__(self) -> None:
-        params = AIFPreprocessing(**self.metadata["preprocessing"])
-        object.__setattr__(self, "preprocessing", params)
+    @property
+    def preprocessing(self) -> AIFPreprocessing:
+        """The AIF preprocessing parameters the model was trained with (AIF artifacts only)."""
+        if self.metadata["task"] != AIF_TASK:
+            raise ArtifactError(
+                f"{self.path}: task {self.metadata['task']!r} has no AIF preprocessing; "
+                f"read metadata['preprocessing'] instead"
+            )
+        return AIFPreprocessing(**self.metadata["preprocessing"])
 
     @property
     def n_classes(self) -> int:
@@ -263,34 +306,34 @@ def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> 
     """Read an artifact file, verify it and load its model (once; keep the returned object).
 
     Checks, in order: the file exists and is a readable archive (a truncated file fails here),
-    the metadata is complete and in :data:`FORMAT`, every model record passes its CRC and the
-    recomputed ``weights_sha256`` equals the stored one (a changed file fails here), the threshold
-    rule is the one this runtime implements, and the task matches ``expected_task`` when given.
-    Only then does TorchScript load the model (CPU, eval mode) from the path: its C++ reader
-    takes ~42 ms for the 26 MB default model against ~70 ms from an in-memory buffer; the hash
-    costs ~45 ms (read + SHA-256). The check guards against damage and edits of the file, not a
-    writer replacing it between the two reads.
+    the metadata is complete and in :data:`FORMAT`, the task matches ``expected_task`` when given,
+    an AIF artifact's threshold rule is the one this runtime implements, and the recomputed
+    ``weights_sha256`` equals the stored one (a changed file fails here). Only then does
+    TorchScript load the model (CPU, eval mode) from the path. The file is memory-mapped and its
+    records hashed in place (~20 ms for the 26 MB default model); TorchScript's C++ reader takes
+    ~40 ms (reading from an in-memory buffer instead is slower, ~70 ms; hashing in a thread while
+    it loads was slower too: the two contend for the GIL). The check guards against damage and
+    edits of the file, not a writer replacing it between the two reads.
 
     Raises:
         ArtifactError: any failed check; the message names the file and what is wrong.
     """
     path = Path(path)
-    data = _read_file(path)
-    metadata = _metadata_from_archive(data, path)
-    actual = weights_sha256(data, path)
-    del data
+    with _mapped_file(path) as data:
+        metadata = _metadata_from_archive(data, path)
+        if expected_task is not None and metadata["task"] != expected_task:
+            raise ArtifactError(f"{path}: task {metadata['task']!r}, expected {expected_task!r}")
+        if metadata["task"] == AIF_TASK and metadata["threshold_rule"] != THRESHOLD_RULE:
+            raise ArtifactError(
+                f"{path}: exported with threshold rule {metadata['threshold_rule']}, but this "
+                f"runtime implements {THRESHOLD_RULE}"
+            )
+        actual = weights_sha256(data, path)
     if actual != metadata["weights_sha256"]:
         raise ArtifactError(
             f"{path}: weights sha256 {actual} differs from the exported "
             f"{metadata['weights_sha256']}; the file was changed after export, refusing to load it"
         )
-    if metadata["threshold_rule"] != THRESHOLD_RULE:
-        raise ArtifactError(
-            f"{path}: exported with threshold rule {metadata['threshold_rule']}, but this runtime "
-            f"implements {THRESHOLD_RULE}"
-        )
-    if expected_task is not None and metadata["task"] != expected_task:
-        raise ArtifactError(f"{path}: task {metadata['task']!r}, expected {expected_task!r}")
     try:
         with quiet_torchscript_deprecation():
             module = torch.jit.load(str(path), map_location="cpu")

@@ -160,3 +160,21 @@ def test_onnx_export_is_checked_with_onnxruntime(tmp_path):
     with torch.no_grad():
         expected = net(batch[:2]).softmax(1).numpy()
     assert np.abs(out - expected).max() <= 1e-5
+
+
+def test_bf16_export_runs_bfloat16_weights_behind_a_float32_interface(tmp_path):
+    net, batch = ResUNet(**TINY_NET), torch.rand(3, 64, 64, 48)
+    with torch.no_grad():  # batch-norm statistics of data, as after training
+        net.train()(torch.rand(8, 64, 64, 48))
+    net.eval()
+    meta = {"preprocessing": asdict(AIFPreprocessing())}
+    export_artifact(net, 3, batch, tmp_path / "aif.ts", meta, precision="bf16")
+    artifact = load_artifact(tmp_path / "aif.ts")
+    assert artifact.metadata["precision"] == "bf16"
+    out = artifact.probabilities(batch.numpy())
+    assert out.dtype == np.float32 and out.shape == (3, 3, 64, 48)
+    with torch.no_grad():
+        bf16 = net.to(torch.bfloat16)(batch.to(torch.bfloat16)).float().softmax(1).numpy()
+    assert np.abs(out - bf16).max() <= 1e-5  # the TorchScript model is the eager bf16 model
+    # ... and close to, not equal to, float32: bfloat16 keeps 8 bits of mantissa
+    assert 0 < artifact.metadata["fp32_max_abs_diff"] < 0.5

@@ -16,7 +16,10 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from sweeps.run_summary import write_run_record  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,11 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 
 def _test_summary(metrics: dict[str, float]) -> str:
+    if "test/dsc" in metrics:  # myocardium segmentation (lightning_modules.myocardium_module)
+        return (
+            f"Test: {metrics['test/n_images']:.0f} images, myocardium DSC "
+            f"{metrics['test/dsc']:.3f} ± {metrics['test/dsc_sd']:.3f}"
+        )
     text = (
         f"Test: {metrics['test/n_cases']:.0f} cases, LV detection (Dice > 0.5) "
         f"{100 * metrics['test/detection_rate']:.1f} %, LV Dice {metrics['test/lv_dice']:.3f} "
@@ -43,6 +51,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    if cfg.get("finetune") and cfg.finetune.get("pretrained"):  # transfer learning (SPEC B3)
+        hydra.utils.instantiate(cfg.finetune).apply_to(model)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False
@@ -53,6 +63,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("train"):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            # sweepers optimise the epoch that is kept (tested, exported), not the last one
+            metrics[checkpoint.monitor] = float(checkpoint.best_model_score)
         if cfg.get("test"):
             best = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -64,6 +78,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info(_test_summary(metrics))
             if best:
                 log.info("Best checkpoint: %s", best)
+        if trainer.is_global_zero and HydraConfig.initialized():  # read by summarize_runs.py
+            hydra_cfg = HydraConfig.get()
+            write_run_record(
+                cfg.paths.output_dir,
+                metrics,
+                overrides=hydra_cfg.overrides.task,
+                seed=cfg.get("seed"),
+                model=hydra_cfg.runtime.choices.get("model"),
+                optimized_metric=cfg.get("optimized_metric"),
+            )
         return metrics
     finally:
         if "wandb" in sys.modules:  # one failed job of a sweep must not leave its run open

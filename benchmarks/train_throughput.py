@@ -1,9 +1,14 @@
-"""Training samples/s (fp32 and bf16 autocast) beside DataLoader-only samples/s.
+"""Training samples/s (fp32, bf16 autocast, channels_last on GPU) beside DataLoader-only samples/s.
 
 Shows whether loading limits training on this machine. Builds the real datamodule and model from
 the composed config (any Hydra override may follow the options)::
 
     python benchmarks/train_throughput.py --steps 10 model=resunet2cs data.num_workers=1
+    python benchmarks/train_throughput.py --steps 50 data.batch_size=256 data.num_workers=12  # GPU
+
+On a CUDA device it also measures bf16 with channels_last (NHWC) weights and batches, as
+``trainer=gpu`` trains; ``--channels-last`` adds that variant on CPU. The issue's goal is >= 2,000
+samples/s for the default 3CS model on one H100 with the loader never the bottleneck.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -20,6 +26,24 @@ from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+GOAL_SAMPLES_PER_S = 2000.0  # one H100, default 3CS model (issue 8)
+
+
+class Variant(NamedTuple):
+    """One training measurement: autocast to bf16 or not, channels_last memory format or not."""
+
+    label: str
+    bf16: bool
+    channels_last: bool
+
+
+def measurement_plan(device: torch.device, channels_last_on_cpu: bool = False) -> list[Variant]:
+    """Variants measured on ``device``: fp32 and bf16, plus bf16 + channels_last on CUDA."""
+    plan = [Variant("fp32", False, False), Variant("bf16 autocast", True, False)]
+    if device.type == "cuda" or channels_last_on_cpu:
+        plan.append(Variant("bf16 channels_last", True, True))
+    return plan
 
 
 def _config(overrides: list[str]):
@@ -36,15 +60,40 @@ def loader_throughput(loader, steps: int) -> float:
     next(batches)  # start-up (workers, file open) is not throughput
     start, n = time.perf_counter(), 0
     for _ in range(steps):
-        n += len(next(batches)["image"])
+        try:
+            n += len(next(batches)["image"])
+        except StopIteration:  # a short epoch: start the next one
+            batches = iter(loader)
     return n / (time.perf_counter() - start)
 
 
-def train_throughput(model, batch: dict, steps: int, warmup: int, bf16: bool, device) -> float:
-    """Samples/s of forward + loss + backward + Adam step on one resident batch."""
+def train_throughput(
+    model,
+    batch: dict,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    device: torch.device,
+    channels_last: bool = False,
+) -> float:
+    """Samples/s of forward + loss + backward + Adam step on one resident batch.
+
+    Args:
+        model: a ``SegmentationModule`` (``model.loss`` and ``model(image)``); moved to ``device``
+            and, with ``channels_last``, converted to that memory format (left so).
+        batch: ``{"image": [B, T, RO, E1], "mask": [B, RO, E1]}``.
+        steps, warmup: timed and untimed optimisation steps.
+        bf16: run forward and loss under ``torch.autocast(dtype=torch.bfloat16)``.
+        device: where to train.
+        channels_last: NHWC weights and input, as ``callbacks.channels_last.ChannelsLast``.
+    """
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     image, mask = batch["image"].to(device), batch["mask"].to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    start = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
@@ -60,15 +109,22 @@ def train_throughput(model, batch: dict, steps: int, warmup: int, bf16: bool, de
     return steps * len(image) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
+    """Print the measurements; returns ``[(label, samples/s), ...]`` (loader first)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also measure channels_last on CPU"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resunet2cs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = _config(args.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shape: pick the fastest kernels
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -76,19 +132,31 @@ def main() -> None:
     model = instantiate(cfg.model)
     params = sum(p.numel() for p in model.parameters())
 
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} {name} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print(
         f"model: {cfg.model.net._target_} {params / 1e6:.2f} M parameters, "
         f"batch {cfg.data.batch_size}, num_workers {cfg.data.num_workers}"
     )
     loader_rate = loader_throughput(loader, args.steps)
-    print(f"DataLoader only      : {loader_rate:8.1f} samples/s")
+    results = [("DataLoader only", loader_rate)]
+    print(f"{'DataLoader only':27s}: {loader_rate:8.1f} samples/s")
     batch = next(iter(loader))
-    for bf16 in (False, True):
-        rate = train_throughput(model, batch, args.steps, args.warmup, bf16, device)
-        label = "bf16 autocast" if bf16 else "fp32"
+    for variant in measurement_plan(device, args.channels_last):
+        rate = train_throughput(
+            model, batch, args.steps, args.warmup, variant.bf16, device, variant.channels_last
+        )
+        results.append((f"training {variant.label}", rate))
         verdict = "loader-bound" if loader_rate < rate else "compute-bound"
-        print(f"training {label:13s}: {rate:8.1f} samples/s  ({verdict})")
+        print(f"training {variant.label:18s}: {rate:8.1f} samples/s  ({verdict})")
+    if device.type == "cuda":
+        best = max(rate for _, rate in results[1:])
+        print(
+            f"goal >= {GOAL_SAMPLES_PER_S:.0f} samples/s (3CS, one H100): best {best:.0f} -> "
+            f"{'met' if best >= GOAL_SAMPLES_PER_S else 'not met'}; loader "
+            f"{'keeps up' if loader_rate >= best else 'is the bottleneck: raise data.num_workers'}"
+        )
+    return results
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 With ``path`` set it reads that HDF5 file (the AIF contract of DESIGN.md). With ``path: null`` it
 generates the synthetic phantom set once (seeded) and caches it under ``data_dir``; the file
 name carries the generator settings, so a changed setting makes a new file instead of reusing
-a stale one. Splits are by patient; the split used is written to ``split_out``.
+a stale one. Splits are by patient; the split used is written to ``split_out``. With ``n_folds``
+set, the split is fold ``fold`` of a patient-level k-fold (test = that fold); see
+:func:`datamodules.patient_split.kfold_split_by_patient`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from datamodules.aif_hdf5 import AIFHDF5Dataset, scan_aif_file
-from datamodules.patient_split import read_split, split_by_patient, write_split
+from datamodules.patient_split import (
+    kfold_split_by_patient,
+    read_split,
+    split_by_patient,
+    write_split,
+)
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
 from datamodules.transforms import RandomFlip
 from quantification.aif_preprocessing import AIFPreprocessing
@@ -30,8 +38,11 @@ class AIFDataModule(pl.LightningDataModule):
         path: HDF5 file in the AIF contract, or ``None`` for the synthetic phantoms.
         data_dir: where the synthetic phantom file is cached.
         n_patients, scans_per_patient, phantom_seed: synthetic set size and seed.
-        val_fraction, test_fraction: shares of patients in val and test.
-        split_seed: seed of the patient split.
+        val_fraction, test_fraction: shares of patients in val and test (``test_fraction`` is
+            unused with ``n_folds``: the test set is then one fold).
+        split_seed: seed of the patient split (and of the folds).
+        n_folds: ``None`` for one random split, or k >= 2 for patient-level k-fold.
+        fold: the held-out (test) fold with ``n_folds``, ``0 <= fold < n_folds``.
         split_file: reuse this split (JSON from an earlier run) instead of drawing one.
         split_out: where the split actually used is written (the run dir).
         batch_size: training batch size (evaluation uses the same).
@@ -50,6 +61,8 @@ class AIFDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.15,
         split_seed: int = 0,
+        n_folds: int | None = None,
+        fold: int = 0,
         split_file: str | None = None,
         split_out: str | None = "split.json",
         batch_size: int = 16,
@@ -59,6 +72,12 @@ class AIFDataModule(pl.LightningDataModule):
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
+        folds_ok = isinstance(n_folds, int) and n_folds >= 2 and isinstance(fold, int)
+        if n_folds is not None and not (folds_ok and 0 <= fold < n_folds):
+            raise ValueError(
+                f"data.n_folds={n_folds!r}, data.fold={fold!r}: expected n_folds >= 2 and "
+                "0 <= fold < n_folds (or n_folds=null for a single random split)"
+            )
         self.save_hyperparameters(logger=False)
         self.preprocessing = AIFPreprocessing(**(preprocessing or {}))
         self.datasets: dict[str, AIFHDF5Dataset] = {}
@@ -89,10 +108,14 @@ class AIFDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         cases = scan_aif_file(self.file, require_mask=True)
+        patients = {c.case_id: c.patient_id for c in cases}
         if hp.split_file:
-            self.split = read_split(hp.split_file, {c.case_id for c in cases})
+            self.split = read_split(hp.split_file, set(patients))
+        elif hp.n_folds is not None:
+            self.split = kfold_split_by_patient(
+                patients, hp.n_folds, hp.fold, hp.val_fraction, hp.split_seed
+            )
         else:
-            patients = {c.case_id: c.patient_id for c in cases}
             self.split = split_by_patient(
                 patients, hp.val_fraction, hp.test_fraction, hp.split_seed
             )
@@ -109,10 +132,22 @@ class AIFDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
+        sampler = None
+        trainer = self.trainer
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads the evaluation set with repeated cases
+            # to an equal share per process; every case must count once in val/test metrics.
+            sampler = UnrepeatedDistributedSampler(
+                self.datasets[name],
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=False,
+            )
         return DataLoader(
             self.datasets[name],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             drop_last=shuffle and len(self.datasets[name]) > self.hparams.batch_size,

@@ -10,9 +10,10 @@ One file per data set; every top-level group is a case::
 
 Extra datasets and attrs are allowed and ignored (phantoms add ``truth_*`` datasets).
 ``times_s`` may also be float64 (more precision is harmless); ``series`` must be float32 and
-``mask`` uint8. At least 2 saturation-recovery frames are required (``n_pd_frames <= T - 2``),
-since preprocessing interpolates in time. Any violation raises :class:`AIFContractError` whose
-message names the file, the case, the key, what was expected and what was found.
+``mask`` uint8 with at least one LV pixel. At least 2 saturation-recovery frames are required
+(``n_pd_frames <= T - 2``), since preprocessing interpolates in time. Any violation raises
+:class:`AIFContractError` whose message names the file, the case, the key, what was expected and
+what was found.
 """
 
 from __future__ import annotations
@@ -258,7 +259,8 @@ def scan_aif_file(path: str | os.PathLike, require_mask: bool = False) -> list[A
 def read_aif_case(
     h5: h5py.File, case_id: str, path_for_errors: Any, require_mask: bool = False
 ) -> AIFCase:
-    """Read and check one case: structure, NaN/Inf in ``series``, mask values in {0, 1, 2}.
+    """Read and check one case: structure, NaN/Inf in ``series``, mask values in {0, 1, 2}
+    with at least one LV pixel.
 
     Args:
         h5: open file.
@@ -287,6 +289,8 @@ def read_aif_case(
     if mask is not None and mask.max(initial=0) > max(MASK_VALUES):
         found = sorted(set(np.unique(mask).tolist()) - set(MASK_VALUES))
         raise _error(path_for_errors, case_id, "mask", f"values in {set(MASK_VALUES)}", f"{found}")
+    if mask is not None and not (mask == 1).any():  # every labelled scan shows an LV blood pool
+        raise _error(path_for_errors, case_id, "mask", "at least one LV pixel (label 1)", "none")
     return AIFCase(
         case_id=case_id,
         patient_id=info.patient_id,

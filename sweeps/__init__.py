@@ -1,0 +1,1 @@
+"""Sweep bookkeeping: each run's final metrics record and the multirun summary table."""

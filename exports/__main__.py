@@ -87,12 +87,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     aif = sub.add_parser("aif", help="LV mask, AIF curve and features for every case of a file")
-    aif.add_argument("--model", type=Path, required=True, help="exported artifact (.ts)")
+    aif.add_argument("--model", type=Path, help="exported artifact (.ts); not with --legacy")
+    aif.add_argument(
+        "--legacy",
+        action="store_true",
+        help="label with the legacy detector instead (no model): --output = input + masks",
+    )
     aif.add_argument("--input", type=Path, required=True, help="HDF5 file in the AIF contract")
     aif.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
     aif.add_argument("--figures", type=Path, help="folder for one PNG per case")
     aif.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    from exports.mapping_cli import add_mapping_parser, run_mapping
+
+    add_mapping_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "mapping":
+        return run_mapping(args)
+    if args.legacy:
+        from exports.legacy_labeller import run_legacy_labeller
+
+        return run_legacy_labeller(args)
+    if args.model is None:
+        parser.error("aif: --model is required (or --legacy to label with the legacy detector)")
     return run_aif(args)
 
 

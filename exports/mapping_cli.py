@@ -1,0 +1,501 @@
+"""``python -m exports mapping``: inline T2 or ECV mapping of every slice of mapping files.
+
+T2::
+
+    python -m exports mapping [--model artifacts/myo_unet.ts] --input t2.h5 --output maps.h5
+
+ECV (the native and post-contrast files hold the same cases and slices)::
+
+    python -m exports mapping [--model ...] --native native.h5 --post post.h5 --output maps.h5
+
+Without ``--model`` the masks stored in the files are used (to test the science alone).
+``--figures DIR`` writes one PNG per slice (the map over the anatomy). Thresholds are flags with
+the SPEC B2/B4 defaults (``--help``).
+
+Output HDF5 (written atomically; ``<output>.json``, e.g. ``results.json`` for ``results.h5``,
+holds the same figures)::
+
+    /<case_id>/<slice_id>/t2_ms | ecv_percent  float32 [H, W]  map in the input geometry (the
+                                                 reference image: image 0 unless excluded; post-
+                                                 contrast for ECV), NaN outside the analysed
+                                                 myocardium and on failed slices
+    /<case_id>/<slice_id>/segments   float64 [16]   mean per AHA segment 1-16, NaN where absent
+    attrs on the slice:  success (bool), refined_images (int), n_images, refinement_rate, reason,
+                         level, mean, n_pixels, insertion_deg, insertion_source
+    attrs on /<case_id>: status ("ok" | "failed"), error (failed), patient_success (SPEC B4),
+                         patient_mean (mean of the myocardial pixels of the successful slices),
+                         n_slices, n_successful_slices
+    attrs on /:          mode ("t2" | "ecv"), inputs, model, weights_sha256, n_cases_ok,
+                         n_cases_failed, n_slices, n_successful_slices, refined_images, n_images,
+                         refinement_rate
+
+A case that cannot be read (a slice breaking the contract, no hematocrit for ECV...) is written
+as failed with its reason and the other cases are processed. Exit status: 0 all cases read, 1 at
+least one case failed (outputs written), 2 bad arguments or an unusable model/input file.
+
+Files are read with the data-contract reader :mod:`datamodules.mapping_hdf5` (h5py + NumPy);
+h5py (and matplotlib, for figures) are imported here, not by the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from datamodules.mapping_hdf5 import (
+    MappingContractError,
+    MappingSlice,
+    open_mapping_file,
+    read_mapping_slice,
+)
+from exports.artifact import ArtifactError, load_artifact
+from exports.atomic_file import atomic_write
+from exports.mapping_pipeline import (
+    MYOCARDIUM_TASK,
+    Acquisition,
+    MappingError,
+    MappingPipeline,
+    MappingSettings,
+    MyocardiumSegmenter,
+    SliceResult,
+)
+from quantification.aha_segments import patient_success
+
+__all__ = [
+    "CaseOutcome",
+    "MappingInputError",
+    "add_mapping_parser",
+    "read_acquisitions",
+    "run_mapping",
+    "write_mapping_results",
+]
+
+
+class MappingInputError(MappingContractError):
+    """A mapping file or case breaks the contract (:mod:`datamodules.mapping_hdf5`) or cannot be
+    mapped (no hematocrit, unpaired ECV cases); the message names the file, case and key."""
+
+
+@dataclass
+class CaseOutcome:
+    """All slices of one case, or the reason the case failed (``slices`` empty)."""
+
+    case_id: str
+    slices: list[SliceResult]
+    error: str = ""
+    patient_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able figures of the case (the same as the HDF5 attrs)."""
+        if not self.ok:
+            return {"status": "failed", "error": self.error}
+        good = [s for s in self.slices if s.success]
+        pixels = np.concatenate([s.values[np.isfinite(s.values)] for s in good]) if good else []
+        return {
+            "status": "ok",
+            "patient_id": self.patient_id,
+            "patient_success": patient_success(s.level for s in good if s.level),
+            "patient_mean": float(np.mean(pixels)) if len(pixels) else None,
+            "n_slices": len(self.slices),
+            "n_successful_slices": len(good),
+            "slices": {s.slice_id: _slice_summary(s) for s in self.slices},
+        }
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _slice_summary(result: SliceResult) -> dict[str, Any]:
+    insertion = result.insertion
+    return {
+        "success": result.success,
+        "reason": result.reason,
+        "level": result.level,
+        "quantity": result.quantity,
+        "mean": result.mean if np.isfinite(result.mean) else None,
+        "n_pixels": result.n_pixels,
+        "refined_images": result.refined_images,
+        "n_images": result.n_images,
+        "refinement_rate": result.refinement_rate,
+        "segments": dict(zip(range(1, 17), _nan_to_none(result.segments), strict=True)),
+        "insertion_deg": insertion.anterior_deg if insertion else None,
+        "insertion_source": insertion.source if insertion else None,
+        "details": result.details,
+    }
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def _acquisition(sl: MappingSlice, insertion: str) -> Acquisition:
+    """A checked contract slice as the pipeline's :class:`Acquisition`."""
+    info = sl.info
+    given = info.attrs.get("rv_insertion_deg") if insertion == "file" else None
+    return Acquisition(
+        case_id=info.case_id,
+        slice_id=info.slice_id,
+        images=sl.images,
+        times_ms=info.times_ms,
+        masks=sl.masks,
+        level=info.level,
+        rv_insertion_deg=float(given) if given is not None else None,
+    )
+
+
+def read_acquisitions(
+    path: Path, time_key: str, insertion: str = "file"
+) -> Iterator[tuple[str, dict[str, Any], list[Acquisition] | MappingInputError]]:
+    """Per case of a mapping file: (case_id, case attrs, its slices or the contract error).
+
+    Reads with the data-contract reader :mod:`datamodules.mapping_hdf5` (every check of the
+    contract: keys, dtypes, shapes, finite pixels, mask values, attrs ``patient_id``, ``level``,
+    ``modality``); a slice whose time vector is not ``time_key`` (``te_ms`` for T2, ``ti_ms``
+    for T1) breaks the case too. A case that breaks the contract is yielded with its error
+    (the message names the file, case, slice and key) and the next case is read.
+
+    Raises:
+        MappingInputError: the file itself cannot be opened as HDF5.
+    """
+    try:
+        h5 = open_mapping_file(path)
+    except MappingContractError as exc:
+        raise MappingInputError(str(exc)) from exc
+    with h5:
+        for case_id in h5:
+            try:
+                case = h5[case_id]
+                if not isinstance(case, h5py.Group):
+                    raise MappingInputError(
+                        f"{path}: case {case_id!r}: expected a case group; found "
+                        f"{type(case).__name__}"
+                    )
+                slice_ids = [k for k in case if isinstance(case.get(k), h5py.Group)]
+                if not slice_ids:
+                    raise MappingInputError(
+                        f"{path}: case {case_id!r}: expected at least one slice group; found none"
+                    )
+                slices, case_attrs = [], {}
+                for slice_id in slice_ids:
+                    sl = read_mapping_slice(h5, case_id, slice_id, path)
+                    if sl.info.time_key != time_key:
+                        raise MappingInputError(
+                            f"{path}: case {case_id!r}, slice {slice_id!r}, key "
+                            f"{sl.info.time_key!r}: expected {time_key!r} (a "
+                            f"{'T2' if time_key == 'te_ms' else 'T1'} mapping file); found "
+                            f"modality {sl.info.modality!r}"
+                        )
+                    slices.append(_acquisition(sl, insertion))
+                    case_attrs = sl.info.case_attrs
+            except MappingContractError as exc:
+                error = exc if isinstance(exc, MappingInputError) else MappingInputError(str(exc))
+                yield case_id, {}, error
+                continue
+            except (OSError, KeyError, RuntimeError) as exc:
+                yield case_id, {}, MappingInputError(f"{path}: case {case_id!r} unreadable ({exc})")
+                continue
+            yield case_id, case_attrs, slices
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _hematocrit(attrs: list[dict[str, Any]], fallback: float | None, where: str) -> float:
+    for a in attrs:
+        if "hematocrit" in a:
+            value = float(a["hematocrit"])
+            if not 0.0 < value < 1.0:
+                raise MappingInputError(
+                    f"{where}: attr hematocrit={value}; expected a fraction 0-1"
+                )
+            return value
+    if fallback is None:
+        raise MappingInputError(f"{where}: no hematocrit attribute on the case; pass --hematocrit")
+    return fallback
+
+
+def _patient_id(attrs: dict[str, Any]) -> str:
+    value = attrs.get("patient_id", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run_t2(pipeline: MappingPipeline, path: Path, insertion: str) -> Iterator[CaseOutcome]:
+    """One outcome per case of a T2 file."""
+    for case_id, attrs, slices in read_acquisitions(path, "te_ms", insertion):
+        if isinstance(slices, Exception):
+            yield CaseOutcome(case_id, [], f"{type(slices).__name__}: {slices}")
+            continue
+        try:
+            results = [pipeline.t2_slice(acq) for acq in slices]
+        except (MappingError, ValueError) as exc:
+            yield CaseOutcome(case_id, [], f"{type(exc).__name__}: {exc}")
+            continue
+        yield CaseOutcome(case_id, results, patient_id=_patient_id(attrs))
+
+
+def run_ecv(
+    pipeline: MappingPipeline,
+    native_path: Path,
+    post_path: Path,
+    insertion: str,
+    hematocrit: float | None,
+) -> Iterator[CaseOutcome]:
+    """One outcome per case of the post-contrast file (paired with the native file's case)."""
+    native_cases = {
+        case_id: (attrs, slices)
+        for case_id, attrs, slices in read_acquisitions(native_path, "ti_ms", insertion)
+    }
+    seen = set()
+    for case_id, attrs, post_slices in read_acquisitions(post_path, "ti_ms", insertion):
+        seen.add(case_id)
+        try:
+            if isinstance(post_slices, Exception):
+                raise post_slices
+            if case_id not in native_cases:
+                raise MappingInputError(
+                    f"{native_path}: no case {case_id} (present in {post_path})"
+                )
+            native_attrs, native_slices = native_cases[case_id]
+            if isinstance(native_slices, Exception):
+                raise native_slices
+            by_id = {acq.slice_id: acq for acq in native_slices}
+            missing = [acq.slice_id for acq in post_slices if acq.slice_id not in by_id]
+            if missing:
+                raise MappingInputError(f"{native_path}: /{case_id} lacks slices {missing}")
+            hct = _hematocrit([attrs, native_attrs], hematocrit, f"{post_path}: /{case_id}")
+            results = [pipeline.ecv_slice(by_id[p.slice_id], p, hct) for p in post_slices]
+        except (MappingError, ValueError) as exc:
+            yield CaseOutcome(case_id, [], f"{type(exc).__name__}: {exc}")
+            continue
+        yield CaseOutcome(case_id, results, patient_id=_patient_id(attrs))
+    for case_id in native_cases:
+        if case_id not in seen:
+            yield CaseOutcome(
+                case_id, [], f"MappingInputError: {post_path}: no case {case_id} (in {native_path})"
+            )
+
+
+def write_mapping_results(
+    path: Path, outcomes: list[CaseOutcome], header: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write the HDF5 results and the JSON beside it (module docstring), each atomically."""
+    slices = [s for o in outcomes for s in o.slices]
+    refined = sum(s.refined_images for s in slices)
+    n_images = sum(s.n_images for s in slices)
+    totals = {
+        **header,
+        "n_cases_ok": sum(o.ok for o in outcomes),
+        "n_cases_failed": sum(not o.ok for o in outcomes),
+        "n_slices": len(slices),
+        "n_successful_slices": sum(s.success for s in slices),
+        "refined_images": refined,
+        "n_images": n_images,
+        "refinement_rate": refined / n_images if n_images else None,
+    }
+    summaries = {o.case_id: o.summary() for o in outcomes}
+
+    def attr(value: Any) -> Any:
+        return "" if value is None else value
+
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update({k: attr(v) for k, v in totals.items()})
+        for outcome in outcomes:
+            group = h5.create_group(outcome.case_id)
+            summary = summaries[outcome.case_id]
+            group.attrs["status"] = summary["status"]
+            if not outcome.ok:
+                group.attrs["error"] = outcome.error
+                continue
+            for key in ("patient_id", "patient_success", "n_slices", "n_successful_slices"):
+                group.attrs[key] = summary[key]
+            group.attrs["patient_mean"] = (
+                np.nan if summary["patient_mean"] is None else summary["patient_mean"]
+            )
+            for result in outcome.slices:
+                sub = group.create_group(result.slice_id)
+                sub.create_dataset(result.quantity, data=result.values.astype(np.float32))
+                sub.create_dataset("segments", data=result.segments.astype(np.float64))
+                figures = summaries[outcome.case_id]["slices"][result.slice_id]
+                sub.attrs["success"] = bool(result.success)
+                sub.attrs["refined_images"] = int(result.refined_images)
+                sub.attrs["n_images"] = int(result.n_images)
+                sub.attrs["refinement_rate"] = float(result.refinement_rate)
+                sub.attrs["reason"] = result.reason
+                sub.attrs["level"] = attr(result.level)
+                sub.attrs["mean"] = float(result.mean)
+                sub.attrs["n_pixels"] = int(result.n_pixels)
+                sub.attrs["insertion_deg"] = (
+                    np.nan if figures["insertion_deg"] is None else figures["insertion_deg"]
+                )
+                sub.attrs["insertion_source"] = attr(figures["insertion_source"])
+    json_path = path.with_suffix(".json")
+    with atomic_write(json_path) as tmp:
+        document = _finite_or_none({**totals, "cases": summaries})
+        tmp.write_text(json.dumps(document, indent=2, default=_json_default, allow_nan=False))
+    return path, json_path
+
+
+def _finite_or_none(value: Any) -> Any:
+    """The same nested structure with NaN/inf floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def run_mapping(args: argparse.Namespace) -> int:
+    """The ``mapping`` subcommand; returns the exit status."""
+    t2_mode = args.input is not None
+    if t2_mode == (args.native is not None or args.post is not None):
+        print("error: give --input (T2) or both --native and --post (ECV)", file=sys.stderr)
+        return 2
+    if not t2_mode and (args.native is None or args.post is None):
+        print("error: ECV needs both --native and --post", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    settings = MappingSettings(
+        max_eccentricity=args.max_eccentricity,
+        n_angles=args.n_angles,
+        n_depth=args.n_depth,
+        prune_px=args.prune_px,
+        t2_range_ms=tuple(args.t2_range_ms),
+        ecv_range_percent=tuple(args.ecv_range_percent),
+        blood_radius_px=args.blood_radius_px,
+        blood_margin_px=args.blood_margin_px,
+        blood_statistic=args.blood_statistic,
+        coil_correction=not args.no_coil_correction,
+        noise_floor_correction=not args.no_noise_floor_correction,
+        t1_model=args.t1_model,
+        t2_model=args.t2_model,
+        min_valid_t2=args.min_valid_t2,
+        min_valid_t1=args.min_valid_t1,
+        mask_threshold=args.mask_threshold,
+    )
+    segmenter = None
+    model_info: dict[str, Any] = {"model": "", "weights_sha256": ""}
+    if args.model is not None:
+        try:
+            artifact = load_artifact(args.model, expected_task=MYOCARDIUM_TASK)
+            segmenter = MyocardiumSegmenter(artifact, threshold=settings.mask_threshold)
+        except ArtifactError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        model_info = {
+            "model": str(args.model),
+            "weights_sha256": artifact.metadata["weights_sha256"],
+        }
+    pipeline = MappingPipeline(settings, segmenter)
+    if t2_mode:
+        inputs = str(args.input)
+        cases = run_t2(pipeline, args.input, args.insertion)
+    else:
+        inputs = f"{args.native} {args.post}"
+        cases = run_ecv(pipeline, args.native, args.post, args.insertion, args.hematocrit)
+    outcomes: list[CaseOutcome] = []
+    start = time.perf_counter()
+    try:
+        for outcome in cases:
+            outcomes.append(outcome)
+            if not outcome.ok:
+                print(f"{outcome.case_id}: FAILED: {outcome.error}")
+                continue
+            ok = sum(s.success for s in outcome.slices)
+            print(f"{outcome.case_id}: {ok} of {len(outcome.slices)} slices ok")
+            if args.figures:
+                from exports.mapping_figures import plot_slice
+
+                for result in outcome.slices:
+                    plot_slice(result, args.figures)
+    except MappingInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - start
+    header = {"mode": "t2" if t2_mode else "ecv", "inputs": inputs, **model_info}
+    h5_path, json_path = write_mapping_results(args.output, outcomes, header)
+    failed = [o for o in outcomes if not o.ok]
+    print(
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} cases mapped in {elapsed:.2f} s; "
+        f"wrote {h5_path} and {json_path}" + (f"; {len(failed)} failed" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``mapping`` subcommand on an ``argparse`` subparsers object."""
+    d = MappingSettings()
+    p = subparsers.add_parser(
+        "mapping", help="T2 or ECV maps, AHA segments and slice success for every case"
+    )
+    p.add_argument("--model", type=Path, help="myocardium segmentation artifact (.ts); "
+                   "default: use the masks stored in the input files")  # fmt: skip
+    p.add_argument("--input", type=Path, help="T2 mapping file (T2 mode)")
+    p.add_argument("--native", type=Path, help="native T1 mapping file (ECV mode)")
+    p.add_argument("--post", type=Path, help="post-contrast T1 mapping file (ECV mode)")
+    p.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
+    p.add_argument("--figures", type=Path, help="folder for one PNG per slice")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--hematocrit", type=float, help="fraction 0-1 for cases without the attr")
+    p.add_argument("--insertion", choices=("file", "auto"), default="file",
+                   help="RV insertion point: the slice attr rv_insertion_deg when present "
+                   "(file, default) or always estimated from the RV (auto)")  # fmt: skip
+    p.add_argument("--max-eccentricity", type=float, default=d.max_eccentricity,
+                   help="QC: valid masks have eccentricity below this (%(default)s)")  # fmt: skip
+    p.add_argument("--n-angles", type=int, default=d.n_angles, help="polar angle bins")
+    p.add_argument("--n-depth", type=int, default=d.n_depth, help="polar transmural samples")
+    p.add_argument("--prune-px", type=int, default=d.prune_px,
+                   help="boundary pixels eroded from endo- and epicardium")  # fmt: skip
+    p.add_argument("--t2-range-ms", type=float, nargs=2, default=d.t2_range_ms,
+                   help="valid T2 range, ms")  # fmt: skip
+    p.add_argument("--ecv-range-percent", type=float, nargs=2, default=d.ecv_range_percent,
+                   help="valid ECV range, %%")  # fmt: skip
+    p.add_argument("--blood-radius-px", type=float, default=d.blood_radius_px,
+                   help="blood-pool disc radius at the myocardial centroid, input px")  # fmt: skip
+    p.add_argument("--blood-margin-px", type=float, default=d.blood_margin_px,
+                   help="blood-pool pixels lie more than this from the myocardium, input px "
+                   "(%(default)s)")  # fmt: skip
+    p.add_argument("--blood-statistic", choices=("pixel_median", "median", "mean"),
+                   default=d.blood_statistic,
+                   help="blood T1: median of per-pixel fits of the cavity pixels of the disc "
+                   "(default) or one fit of the disc signal's median / mean")  # fmt: skip
+    p.add_argument("--no-coil-correction", action="store_true",
+                   help="do not divide out the motion-induced receive-coil gains")  # fmt: skip
+    p.add_argument("--no-noise-floor-correction", action="store_true",
+                   help="fit the magnitude samples as they are (no Rician floor removal)")
+    p.add_argument("--t1-model", choices=("t1_2p", "t1_3p"), default=d.t1_model,
+                   help="T1 model: 2-parameter (default) or 3-parameter")  # fmt: skip
+    p.add_argument("--t2-model", choices=("t2_shared_offset", "t2_3p"), default=d.t2_model,
+                   help="T2 model: B free per pixel (3-parameter, SPEC B2; default) or offset "
+                   "B / A shared by the slice")  # fmt: skip
+    p.add_argument("--min-valid-t2", type=int, default=d.min_valid_t2,
+                   help="slice success: valid T2-weighted images needed")  # fmt: skip
+    p.add_argument("--min-valid-t1", type=int, default=d.min_valid_t1,
+                   help="slice success: valid native and post images needed (each)")  # fmt: skip
+    p.add_argument("--mask-threshold", type=float, default=d.mask_threshold,
+                   help="probability threshold of the segmentation model")  # fmt: skip
+    p.set_defaults(handler=run_mapping)
+    return p

@@ -1,0 +1,625 @@
+"""Inline T2 and ECV mapping of one short-axis slice (SPEC B2), from images to maps and segments.
+
+Per acquisition (the N weighted images of one slice):
+
+1. Myocardium masks: from the segmentation artifact (:class:`MyocardiumSegmenter`) or, without
+   a model, the masks stored in the file.
+2. Shape QC of every mask (``quantification.myocardium_shape``): largest object, Euler number 0,
+   eccentricity < 0.65.
+3. Failed masks replaced by the best valid mask of the slice, affinely aligned
+   (``quantification.mask_alignment``); with no valid mask the images are excluded.
+4. Polar resampling of every used image about its own myocardial centroid
+   (``quantification.polar``) on a ring shared by the slice (median of the per-image border
+   radii, :func:`common_ring`), which aligns the images; the *reference* geometry is that of
+   the first used image (image 0 unless it was excluded), so maps come out in its pixels.
+5. Pixel-wise fit on the polar grid (``quantification.relaxometry``): T2 ``A exp(-TE/T2) + B``
+   (B free per pixel as in SPEC B2; B / A shared by the slice with ``t2_model``), or T1
+   (two-parameter with polarity restoration by default) for native and post-contrast images,
+   plus blood T1 from the cavity pixels of the 5 px disc at the myocardial centroid
+   (``quantification.ecv``). Before the fit
+   the Rician noise floor is removed (sigma from the image frame, ``quantification.noise_floor``)
+   and the per-image receive-coil gains caused by the heart moving through the fixed coil
+   sensitivity are estimated and divided out (``quantification.coil_shading``).
+6. ECV on the polar grid (native and post polar grids are both anchored on the myocardium, so
+   sample (angle, depth) is the same tissue in both), back to Cartesian pixels of the reference
+   image, boundary pruning, valid range; AHA segments from the RV insertion point (given, e.g. the
+   file attribute ``rv_insertion_deg``, or estimated) and the SPEC B4 slice success rule.
+
+A slice that fails the success rule (too few valid images) is reported with its reason and
+all-NaN maps. Importable with torch, NumPy and SciPy only (no h5py, Lightning, Hydra or W&B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from exports.artifact import Artifact, ArtifactError
+from quantification.aha_segments import (
+    MIN_VALID_T1_IMAGES,
+    MIN_VALID_T2_IMAGES,
+    N_SEGMENTS,
+    InsertionPoint,
+    aha_segment_map,
+    estimate_rv_insertion,
+    segment_means,
+    slice_success,
+)
+from quantification.coil_shading import estimate_coil_gradient
+from quantification.ecv import (
+    BLOOD_DISC_RADIUS_PX,
+    BLOOD_MARGIN_PX,
+    ECV_RANGE_PERCENT,
+    T2_RANGE_MS,
+    blood_t1,
+    ecv_percent,
+    prune_boundary,
+    restrict_to_range,
+)
+from quantification.image_resize import (
+    NETWORK_SIZE,
+    ResizeGeometry,
+    image_to_network,
+    normalize_intensity,
+    probability_from_network,
+)
+from quantification.mask_alignment import replace_failed_masks
+from quantification.myocardium_shape import MAX_ECCENTRICITY, REQUIRED_EULER_NUMBER, shape_qc
+from quantification.noise_floor import background_sigma, remove_noise_floor
+from quantification.polar import PolarGeometry, from_polar, polar_geometry, to_polar
+from quantification.relaxometry import (
+    RelaxometryFit,
+    estimate_offset_fraction,
+    fit_t1,
+    fit_t2,
+)
+
+__all__ = [
+    "MYOCARDIUM_TASK",
+    "Acquisition",
+    "MappingError",
+    "MappingPipeline",
+    "MappingSettings",
+    "MyocardiumSegmenter",
+    "PreparedAcquisition",
+    "common_ring",
+    "SliceResult",
+]
+
+MYOCARDIUM_TASK = "myocardium_segmentation"
+"""``metadata["task"]`` of the myocardium segmentation artifacts."""
+
+
+class MappingError(ValueError):
+    """A slice cannot be mapped (inconsistent input); the message names the slice."""
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """Every threshold of the mapping pipeline (command-line flags of ``python -m exports
+    mapping``; defaults = SPEC B2/B4).
+
+    Attributes:
+        max_eccentricity: QC, a valid mask has eccentricity below this.
+        required_euler_number: QC, a valid mask has this Euler number (0: one ring).
+        min_area_px: QC, a valid mask has at least this many pixels.
+        n_angles, n_depth: polar grid (angle bins over 360 deg x transmural samples).
+        prune_px: boundary pixels removed by erosion (each of endo- and epicardium). 2: on the
+            phantoms the errors sit in the outer 2 px (partial volume 1-1.8 px plus the blur of
+            resampling moved images); the third pixel in had no error (measured, noise-free).
+        t2_range_ms, ecv_range_percent: valid ranges; values outside become NaN.
+        blood_radius_px: blood-pool disc radius at the myocardial centroid, input pixels.
+        blood_statistic: ``"pixel_median"`` (median of the per-pixel T1s of the cavity pixels of
+            the disc), ``"median"`` or ``"mean"`` (of the disc signal; the paper: mean).
+        noise_floor_correction: remove the Rician noise floor from the polar samples before the
+            fits, with sigma from the image frame (``quantification.noise_floor``).
+        coil_correction: estimate per-image receive-coil gains from the heart's motion
+            (``quantification.coil_shading``) and divide them out before the fits.
+        blood_margin_px: blood-pool pixels lie more than this from the myocardium (partial
+            volume; :func:`quantification.ecv.blood_pool_pixels`), input pixels.
+        t1_model: ``"t1_2p"`` (SPEC B2) or ``"t1_3p"``.
+        t2_model: ``"t2_3p"`` (default, SPEC B2): ``A exp(-TE/T2) + B`` with B free per
+            pixel, or ``"t2_shared_offset"``: B / A one value per slice (estimated from the
+            mid-wall, ``relaxometry.estimate_offset_fraction``). With TE <= 60 ms a free B is
+            nearly degenerate with T2: on the phantoms at the default SNR 10-60 the shared offset
+            cut the per-segment T2 SD from 6.1 to 2.8 ms (benchmarks/mapping_accuracy.py), but
+            it needs masks that follow the motion between images.
+        min_valid_t2, min_valid_t1: SPEC B4 slice success (valid images per acquisition).
+        mask_threshold: probability above which a pixel is myocardium (with a model).
+    """
+
+    max_eccentricity: float = MAX_ECCENTRICITY
+    required_euler_number: int = REQUIRED_EULER_NUMBER
+    min_area_px: int = 20
+    n_angles: int = 120
+    n_depth: int = 16
+    prune_px: int = 2
+    t2_range_ms: tuple[float, float] = T2_RANGE_MS
+    ecv_range_percent: tuple[float, float] = ECV_RANGE_PERCENT
+    blood_radius_px: float = BLOOD_DISC_RADIUS_PX
+    blood_margin_px: float = BLOOD_MARGIN_PX
+    coil_correction: bool = True
+    noise_floor_correction: bool = True
+    blood_statistic: str = "pixel_median"
+    t1_model: str = "t1_2p"
+    t2_model: str = "t2_3p"
+    min_valid_t2: int = MIN_VALID_T2_IMAGES
+    min_valid_t1: int = MIN_VALID_T1_IMAGES
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        choices = {
+            "t1_model": ("t1_2p", "t1_3p"),
+            "t2_model": ("t2_shared_offset", "t2_3p"),
+            "blood_statistic": ("pixel_median", "median", "mean"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"MappingSettings.{key}={getattr(self, key)!r}; expected one of "
+                                 f"{allowed}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The weighted images of one slice in one modality (the mapping contract of DESIGN.md).
+
+    Attributes:
+        case_id, slice_id: where it came from (for messages and outputs).
+        images: float32 [N, H, W].
+        times_ms: float [N] T2-prep echo times (T2) or inversion times (T1), ms.
+        masks: uint8/bool [N, H, W] stored myocardium masks, or None (a model must segment).
+        level: "basal", "mid" or "apical" (None if unknown: no AHA segments).
+        rv_insertion_deg: anterior RV insertion point (degrees, ``aha_segments`` convention) if
+            known, else None (estimated).
+    """
+
+    case_id: str
+    slice_id: str
+    images: np.ndarray
+    times_ms: np.ndarray
+    masks: np.ndarray | None = None
+    level: str | None = None
+    rv_insertion_deg: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"{self.case_id}/{self.slice_id}"
+        if self.images.ndim != 3:
+            raise MappingError(f"{where}: images must be [N, H, W], got {self.images.shape}")
+        if np.shape(self.times_ms) != self.images.shape[:1]:
+            raise MappingError(
+                f"{where}: {self.images.shape[0]} images but times of shape "
+                f"{np.shape(self.times_ms)}"
+            )
+        if self.masks is not None and self.masks.shape != self.images.shape:
+            raise MappingError(
+                f"{where}: masks {self.masks.shape} do not match images {self.images.shape}"
+            )
+
+
+class MyocardiumSegmenter:
+    """Runs a myocardium segmentation artifact on native-size images.
+
+    The artifact (task ``myocardium_segmentation``) maps float32 ``[B, 1, S, S]`` (S = 256) to
+    probabilities ``[B, 2, S, S]`` (softmax over ``metadata["classes"]``, the ``"myocardium"``
+    channel is used) or ``[B, 1, S, S]`` (sigmoid P(myocardium)). The images are prepared exactly
+    as in training, by :mod:`quantification.image_resize` with ``metadata["preprocessing"]``
+    (written from ``MappingDataModule.preprocessing``): per-image percentile scaling
+    (``percentiles``, ``clip``), zero padding to a square if ``keep_aspect``, bicubic resize to
+    ``size``; the probabilities go back to the native pixels bilinearly (padding cropped) and are
+    thresholded at ``threshold``.
+    """
+
+    def __init__(self, artifact: Artifact, threshold: float = 0.5, batch_size: int = 16) -> None:
+        meta = artifact.metadata
+        if meta["task"] != MYOCARDIUM_TASK:
+            raise ArtifactError(
+                f"{artifact.path}: task {meta['task']!r}, expected {MYOCARDIUM_TASK!r}"
+            )
+        prep = dict(meta.get("preprocessing") or {})
+        if prep.get("normalisation", "percentile") != "percentile":
+            raise ArtifactError(
+                f"{artifact.path}: preprocessing normalisation {prep.get('normalisation')!r}; this "
+                "runtime implements 'percentile' (quantification.image_resize.normalize_intensity)"
+            )
+        if prep.get("interpolation", "bicubic") != "bicubic":
+            raise ArtifactError(
+                f"{artifact.path}: preprocessing interpolation {prep.get('interpolation')!r}; "
+                "this runtime implements 'bicubic'"
+            )
+        size = prep.get("size", (meta.get("input_shape") or [None, 1, NETWORK_SIZE])[-1:] * 2)
+        if len(size) != 2 or int(size[0]) != int(size[1]):
+            raise ArtifactError(f"{artifact.path}: preprocessing size {size}, expected [S, S]")
+        classes = list(meta.get("classes") or [])
+        self.channel = classes.index("myocardium") if "myocardium" in classes else -1
+        self.artifact = artifact
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.size = int(size[0])
+        self.percentiles = tuple(float(p) for p in prep.get("percentiles", (1.0, 99.0)))
+        self.clip = bool(prep.get("clip", True))
+        self.keep_aspect = bool(prep.get("keep_aspect", False))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N, H, W] P(myocardium) of native-size images [N, H, W]."""
+        images = np.asarray(images, dtype=np.float32)
+        geometry = ResizeGeometry(*images.shape[-2:], size=self.size, keep_aspect=self.keep_aspect)
+        x = normalize_intensity(images, *self.percentiles, clip=self.clip)
+        x = torch.from_numpy(image_to_network(x, geometry))[:, None]
+        out = []
+        for start in range(0, x.shape[0], self.batch_size):
+            with torch.inference_mode():
+                prob = self.artifact.module(x[start : start + self.batch_size].contiguous())
+            if prob.ndim != 4 or prob.shape[1] not in (1, 2):
+                raise ArtifactError(
+                    f"{self.artifact.path}: output shape {tuple(prob.shape)}, expected "
+                    f"[B, 1 or 2, {self.size}, {self.size}]"
+                )
+            channel = 0 if prob.shape[1] == 1 else self.channel
+            out.append(prob[:, channel].float())
+        return probability_from_network(torch.cat(out).numpy(), geometry)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """bool [N, H, W] myocardium masks of native-size images [N, H, W]."""
+        return self.probabilities(images) > self.threshold
+
+
+@dataclass(frozen=True)
+class PreparedAcquisition:
+    """An acquisition after segmentation, QC, replacement and polar resampling.
+
+    Attributes:
+        acquisition: the input.
+        masks: bool [N, H, W] the mask used per image (all False if excluded).
+        valid: bool [N] masks that passed QC on their own.
+        replaced: bool [N] masks replaced by an aligned donor ("refined").
+        excluded: bool [N] images left out (no valid mask in the slice).
+        qc_reasons: why each failed mask failed ("" if valid).
+        geometries: polar geometry per used image (None where excluded).
+        polar: float64 [n_used, n_angles, n_depth] the used images on the polar grid.
+        reference: index of the reference image (first used one), -1 if none.
+    """
+
+    acquisition: Acquisition
+    masks: np.ndarray
+    valid: np.ndarray
+    replaced: np.ndarray
+    excluded: np.ndarray
+    qc_reasons: list[str]
+    geometries: list[PolarGeometry | None]
+    polar: np.ndarray
+    reference: int
+
+    @property
+    def used(self) -> np.ndarray:
+        return ~self.excluded
+
+    @property
+    def reference_geometry(self) -> PolarGeometry:
+        geometry = self.geometries[self.reference] if self.reference >= 0 else None
+        if geometry is None:
+            raise MappingError(f"{self.where}: no usable image")
+        return geometry
+
+    @property
+    def where(self) -> str:
+        return f"{self.acquisition.case_id}/{self.acquisition.slice_id}"
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "n_images": int(self.valid.size),
+            "n_valid": int(self.valid.sum()),
+            "n_refined": int(self.replaced.sum()),
+            "n_excluded": int(self.excluded.sum()),
+        }
+
+
+@dataclass
+class SliceResult:
+    """Outcome of one slice.
+
+    Attributes:
+        case_id, slice_id, level: identification.
+        quantity: ``"t2_ms"`` or ``"ecv_percent"``.
+        values: float32 [H, W] the map in the reference image's pixels, NaN outside the analysed
+            myocardium (all NaN for a failed slice).
+        segments: float64 [16] mean per AHA segment (NaN where absent or failed).
+        success: SPEC B4 slice success.
+        reason: why it failed ("" on success).
+        refined_images: replaced masks over all acquisitions of the slice.
+        n_images: images over all acquisitions.
+        mean: mean of the map's finite pixels (NaN if none).
+        n_pixels: finite pixels of the map.
+        insertion: the RV insertion point used (None: no segments).
+        details: per-acquisition counts, blood T1 etc. (JSON-able).
+        reference_image: the image (of the last acquisition, post for ECV) the map is drawn on.
+        segment_labels: int8 [H, W] AHA segment (1-16) of every analysed pixel, 0 elsewhere
+            (None without segments).
+    """
+
+    case_id: str
+    slice_id: str
+    level: str | None
+    quantity: str
+    values: np.ndarray
+    segments: np.ndarray
+    success: bool
+    reason: str
+    refined_images: int
+    n_images: int
+    mean: float
+    n_pixels: int
+    insertion: InsertionPoint | None
+    details: dict[str, Any] = field(default_factory=dict)
+    reference_image: np.ndarray | None = None
+    segment_labels: np.ndarray | None = None
+
+    @property
+    def refinement_rate(self) -> float:
+        """Replaced masks / images of the slice."""
+        return self.refined_images / self.n_images if self.n_images else float("nan")
+
+
+def common_ring(geometries: list[PolarGeometry | None]) -> list[PolarGeometry | None]:
+    """The slice's images on one ring: each keeps its own centroid, all share the median radii.
+
+    Per-image radii come from pixel-quantised masks (+-0.5 px at each border, a large fraction
+    of a 6-10 px wall); the median over the images of a slice is a steadier ring, and image n's
+    grid is that ring translated to image n's centroid (sub-pixel accurate), which aligns images
+    that moved by translation exactly.
+    """
+    present = [g for g in geometries if g is not None]
+    if not present:
+        return list(geometries)
+    r_in = np.median(np.stack([g.r_inner for g in present]), axis=0)
+    r_out = np.median(np.stack([g.r_outer for g in present]), axis=0)
+    return [
+        None
+        if g is None
+        else PolarGeometry(
+            centre=g.centre, r_inner=r_in, r_outer=r_out, n_depth=g.n_depth, shape=g.shape
+        )  # fmt: skip
+        for g in geometries
+    ]
+
+
+class MappingPipeline:
+    """Maps slices; keep one instance (it holds the loaded segmentation model, if any).
+
+    Args:
+        settings: thresholds (:class:`MappingSettings`).
+        segmenter: a :class:`MyocardiumSegmenter`; None uses the masks stored with the images.
+    """
+
+    def __init__(
+        self, settings: MappingSettings | None = None, segmenter: MyocardiumSegmenter | None = None
+    ) -> None:
+        self.settings = settings or MappingSettings()
+        self.segmenter = segmenter
+
+    # ---------------------------------------------------------------- one acquisition
+    def prepare(self, acquisition: Acquisition) -> PreparedAcquisition:
+        """Segmentation (or stored masks), QC, replacement and polar resampling."""
+        s = self.settings
+        where = f"{acquisition.case_id}/{acquisition.slice_id}"
+        if self.segmenter is not None:
+            raw = self.segmenter(acquisition.images)
+        elif acquisition.masks is not None:
+            raw = np.asarray(acquisition.masks) != 0
+        else:
+            raise MappingError(f"{where}: no masks stored and no segmentation model given")
+        qcs = [
+            shape_qc(
+                m,
+                max_eccentricity=s.max_eccentricity,
+                required_euler_number=s.required_euler_number,
+                min_area_px=s.min_area_px,
+            )
+            for m in raw
+        ]
+        valid = np.array([q.valid for q in qcs], dtype=bool)
+        kept = np.stack([q.mask if q.valid else m for q, m in zip(qcs, raw, strict=True)])
+        replacement = replace_failed_masks(kept, valid)
+        own: list[PolarGeometry | None] = []
+        excluded = replacement.excluded.copy()
+        for n, mask in enumerate(replacement.masks):
+            geometry = None
+            if not excluded[n]:
+                try:
+                    geometry = polar_geometry(mask, n_angles=s.n_angles, n_depth=s.n_depth)
+                except ValueError:  # an aligned donor moved off the image: nothing to sample
+                    excluded[n] = True
+            own.append(geometry)
+        geometries = common_ring(own)
+        polar = [
+            to_polar(image, g)
+            for image, g in zip(acquisition.images, geometries, strict=True)
+            if g is not None
+        ]
+        used = np.flatnonzero(~excluded)
+        return PreparedAcquisition(
+            acquisition=acquisition,
+            masks=replacement.masks & ~excluded[:, None, None],
+            valid=valid,
+            replaced=replacement.replaced & ~excluded,
+            excluded=excluded,
+            qc_reasons=[q.reason for q in qcs],
+            geometries=geometries,
+            polar=np.stack(polar) if polar else np.empty((0, s.n_angles, s.n_depth)),
+            reference=int(used[0]) if used.size else -1,
+        )
+
+    def _analysed_region(self, prepared: PreparedAcquisition) -> np.ndarray:
+        return prune_boundary(prepared.masks[prepared.reference], self.settings.prune_px)
+
+    def _insertion(
+        self, prepared: list[PreparedAcquisition], given: float | None
+    ) -> InsertionPoint | None:
+        if given is not None and np.isfinite(given):
+            return InsertionPoint(float(given), float("nan"), 1, "given")
+        images, masks, geometries = [], [], []
+        for p in prepared:
+            for n in np.flatnonzero(p.used):
+                images.append(p.acquisition.images[n])
+                masks.append(p.masks[n])
+                geometries.append(p.geometries[n])
+        if not images:
+            return None
+        return estimate_rv_insertion(
+            np.stack(images),
+            np.stack(masks),
+            geometries,
+            blood_radius_px=self.settings.blood_radius_px,
+        )
+
+    def _finish(
+        self,
+        prepared: list[PreparedAcquisition],
+        quantity: str,
+        values: np.ndarray | None,
+        success: bool,
+        reason: str,
+        details: dict[str, Any],
+    ) -> SliceResult:
+        last = prepared[-1]
+        acquisition = last.acquisition
+        shape = acquisition.images.shape[1:]
+        if values is None or not success:
+            values = np.full(shape, np.nan)
+        insertion = None
+        seg_map = None
+        segments = np.full(N_SEGMENTS, np.nan)
+        finite = np.isfinite(values)
+        if success and acquisition.level is not None and finite.any():
+            insertion = self._insertion(prepared, acquisition.rv_insertion_deg)
+            if insertion is not None:
+                seg_map = aha_segment_map(
+                    finite,
+                    last.reference_geometry.centre,
+                    insertion.anterior_deg,
+                    acquisition.level,
+                    insertion.direction,
+                )
+                segments = segment_means(values, seg_map)
+        refined = sum(int(p.replaced.sum()) for p in prepared)
+        n_images = sum(int(p.valid.size) for p in prepared)
+        reference_image = acquisition.images[last.reference] if last.reference >= 0 else None
+        return SliceResult(
+            case_id=acquisition.case_id,
+            slice_id=acquisition.slice_id,
+            level=acquisition.level,
+            quantity=quantity,
+            values=values.astype(np.float32),
+            segments=segments,
+            success=success,
+            reason=reason,
+            refined_images=refined,
+            n_images=n_images,
+            mean=float(values[finite].mean()) if finite.any() else float("nan"),
+            n_pixels=int(finite.sum()),
+            insertion=insertion,
+            details=details,
+            reference_image=reference_image,
+            segment_labels=None if seg_map is None else seg_map.astype(np.int8),
+        )
+
+    def _coil_corrected(
+        self,
+        prepared: PreparedAcquisition,
+        fit: Callable[[np.ndarray], RelaxometryFit],
+        details: dict[str, Any],
+    ) -> np.ndarray:
+        """The polar stack without the Rician noise floor and with the motion-induced coil
+        gains divided out (each if enabled)."""
+        polar = prepared.polar
+        if self.settings.noise_floor_correction:
+            sigma = background_sigma(prepared.acquisition.images[prepared.used])
+            details["noise_sigma"] = sigma
+            polar = remove_noise_floor(polar, sigma)
+        if not self.settings.coil_correction:
+            return polar
+        centres = np.array([g.centre for g in prepared.geometries if g is not None])
+        estimate = estimate_coil_gradient(polar, centres - centres[0], fit)
+        details["coil_gradient_per_px"] = estimate.gradient_per_px.tolist()
+        return polar / estimate.gains[:, None, None]
+
+    # ---------------------------------------------------------------- T2
+    def t2_slice(self, acquisition: Acquisition) -> SliceResult:
+        """T2 map (ms) of one slice of T2-prepared images."""
+        s = self.settings
+        prepared = self.prepare(acquisition)
+        counts = prepared.counts()
+        details: dict[str, Any] = {"t2": counts}
+        if not slice_success(counts["n_valid"], s.min_valid_t2):
+            reason = f"{counts['n_valid']} valid T2-weighted images < {s.min_valid_t2}"
+            return self._finish([prepared], "t2_ms", None, False, reason, details)
+        used = prepared.used
+        te = np.asarray(acquisition.times_ms)[used]
+        polar = self._coil_corrected(prepared, lambda y: fit_t2(y, te), details["t2"])
+        beta = None
+        if s.t2_model == "t2_shared_offset":  # one B / A for the slice, from the mid-wall
+            cut = polar.shape[-1] // 4
+            beta = estimate_offset_fraction(polar[..., cut : polar.shape[-1] - cut], te)
+            details["t2"]["offset_fraction"] = beta
+        fit = fit_t2(polar, te, offset_fraction=beta)
+        details["t2"]["fit_failed_fraction"] = float(np.mean(fit.flags != 0))
+        cart = from_polar(fit.t_ms, prepared.reference_geometry, self._analysed_region(prepared))
+        values = restrict_to_range(cart, s.t2_range_ms)
+        return self._finish([prepared], "t2_ms", values, True, "", details)
+
+    # ---------------------------------------------------------------- ECV
+    def ecv_slice(self, native: Acquisition, post: Acquisition, hematocrit: float) -> SliceResult:
+        """ECV map (%) of one slice from its native and post-contrast T1-weighted images.
+
+        The map is in the pixels of the post-contrast reference image.
+        """
+        s = self.settings
+        if (native.case_id, native.slice_id) != (post.case_id, post.slice_id):
+            raise MappingError(
+                f"native {native.case_id}/{native.slice_id} and post {post.case_id}/"
+                f"{post.slice_id} are not the same slice"
+            )
+        prepared = [self.prepare(native), self.prepare(post)]
+        details: dict[str, Any] = {"native": prepared[0].counts(), "post": prepared[1].counts()}
+        n_valid = [p.counts()["n_valid"] for p in prepared]
+        if not slice_success(n_valid, s.min_valid_t1):
+            reason = (
+                f"{n_valid[0]} valid native and {n_valid[1]} valid post-contrast T1-weighted "
+                f"images; need >= {s.min_valid_t1} each"
+            )
+            return self._finish(prepared, "ecv_percent", None, False, reason, details)
+        t1_polar, t1_blood = [], []
+        for p, name in zip(prepared, ("native", "post"), strict=True):
+            used = p.used
+            times = np.asarray(p.acquisition.times_ms)[used]
+            polar = self._coil_corrected(
+                p, lambda y, x=times: fit_t1(y, x, model=s.t1_model), details[name]  # type: ignore[arg-type]
+            )
+            fit = fit_t1(polar, times, model=s.t1_model)  # type: ignore[arg-type]
+            blood = blood_t1(
+                p.acquisition.images[used],
+                p.masks[used],
+                times,
+                radius_px=s.blood_radius_px,
+                model=s.t1_model,
+                margin_px=s.blood_margin_px,
+                statistic=s.blood_statistic,
+            )
+            t1_polar.append(fit.t_ms)
+            t1_blood.append(float(blood.t_ms))
+            details[name]["t1_blood_ms"] = float(blood.t_ms)
+            details[name]["fit_failed_fraction"] = float(np.mean(fit.flags != 0))
+        if not all(np.isfinite(t1_blood)):
+            reason = f"blood T1 fit failed (native {t1_blood[0]}, post {t1_blood[1]} ms)"
+            return self._finish(prepared, "ecv_percent", None, False, reason, details)
+        ecv_polar = ecv_percent(t1_polar[0], t1_polar[1], t1_blood[0], t1_blood[1], hematocrit)
+        post_prepared = prepared[1]
+        cart = from_polar(
+            ecv_polar, post_prepared.reference_geometry, self._analysed_region(post_prepared)
+        )
+        details["hematocrit"] = float(hematocrit)
+        values = restrict_to_range(cart, s.ecv_range_percent)
+        return self._finish(prepared, "ecv_percent", values, True, "", details)

@@ -1,0 +1,197 @@
+"""The inline mapping command: T2 and ECV maps from phantom files, with and without a model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
+from exports.__main__ import main
+from exports.artifact import FORMAT, METADATA_KEYS, METADATA_NAME, weights_sha256
+from exports.mapping_pipeline import MYOCARDIUM_TASK
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """One phantom patient (5 slices: 2 basal, 2 mid, 1 apical) in the three modalities."""
+    return write_mapping_phantoms(tmp_path_factory.mktemp("mapping"), 1, seed=3)
+
+
+def _run(*args) -> int:
+    return main(["mapping", *map(str, args)])
+
+
+def _bias(maps_path, truth_path, quantity, truth_key):
+    """Mean over successful slices of (mean map - mean truth on the same pixels)."""
+    diffs = []
+    with h5py.File(maps_path, "r") as out, h5py.File(truth_path, "r") as ref:
+        for case_id in out:
+            for slice_id, group in out[case_id].items():
+                if not group.attrs["success"]:
+                    continue
+                values = group[quantity][()]
+                truth = ref[case_id][slice_id][truth_key][()]
+                ok = np.isfinite(values) & np.isfinite(truth)
+                diffs.append(values[ok].mean() - truth[ok].mean())
+    return float(np.mean(diffs)), len(diffs)
+
+
+def test_t2_maps_from_the_stored_masks(phantoms, tmp_path):
+    out = tmp_path / "maps.h5"
+    assert _run("--input", phantoms["t2"], "--output", out) == 0
+    with h5py.File(out, "r") as h5, h5py.File(phantoms["t2"], "r") as src:
+        assert h5.attrs["mode"] == "t2" and h5.attrs["n_successful_slices"] == 5
+        group = h5["case_0000/slice_2"]
+        t2 = group["t2_ms"][()]
+        assert t2.dtype == np.float32 and t2.shape == src["case_0000/slice_2/images"].shape[1:]
+        finite = np.isfinite(t2)
+        assert finite.sum() > 50
+        assert np.all((t2[finite] >= 30) & (t2[finite] <= 100))
+        labels = src["case_0000/slice_2/truth/labels"][()]
+        assert (labels[finite] == 1).mean() > 0.95  # the map lies on the myocardium
+        assert group.attrs["success"] and group.attrs["refined_images"] == 0
+        segments = group["segments"][()]
+        assert segments.shape == (16,)
+        assert np.isfinite(segments[6:12]).all() and np.isnan(segments[:6]).all()  # a mid slice
+        assert h5["case_0000"].attrs["patient_success"]
+    summary = json.loads(out.with_suffix(".json").read_text())
+    slice_2 = summary["cases"]["case_0000"]["slices"]["slice_2"]
+    assert slice_2["success"] and slice_2["mean"] == pytest.approx(float(np.nanmean(t2)), rel=1e-5)
+    assert summary["refinement_rate"] == 0.0
+    bias, n = _bias(out, phantoms["t2"], "t2_ms", "truth/t2_ms")
+    assert n == 5 and abs(bias) < 4.0  # loose: noisy phantom, moving coil shading (README)
+
+    # the RV insertion point from the images instead of the file attribute
+    auto = tmp_path / "auto.h5"
+    assert _run("--input", phantoms["t2"], "--output", auto, "--insertion", "auto") == 0
+    with h5py.File(auto, "r") as h5:
+        mid = h5["case_0000/slice_2"]
+        assert mid.attrs["insertion_source"] == "estimated"  # accuracy: test_aha_segments.py
+        assert np.isfinite(mid["segments"][()][6:12]).sum() >= 4
+
+
+def test_ecv_maps_and_figures(phantoms, tmp_path):
+    out, figures = tmp_path / "ecv.h5", tmp_path / "figures"
+    code = _run("--native", phantoms["t1_native"], "--post", phantoms["post_contrast"],
+                "--output", out, "--figures", figures)  # fmt: skip
+    assert code == 0
+    with h5py.File(out, "r") as h5:
+        ecv = h5["case_0000/slice_0/ecv_percent"][()]
+        assert np.isfinite(ecv).sum() > 50 and np.nanmax(ecv) <= 60 and np.nanmin(ecv) >= 10
+        assert h5["case_0000/slice_4"].attrs["level"] == "apical"
+        assert np.isfinite(h5["case_0000/slice_4/segments"][()][12:]).all()
+    bias, n = _bias(out, phantoms["post_contrast"], "ecv_percent", "truth/ecv_percent")
+    assert n == 5 and abs(bias) < 2.0
+    pngs = sorted(p.name for p in figures.glob("*.png"))
+    assert len(pngs) == 5 and pngs[0] == "case_0000_slice_0_ecv_percent.png"
+
+
+def test_slice_with_too_few_valid_images_fails_and_a_corrupt_case_is_reported(phantoms, tmp_path):
+    broken = tmp_path / "t2_broken.h5"
+    shutil.copy(phantoms["t2"], broken)
+    with h5py.File(broken, "r+") as h5:
+        h5.copy("case_0000", "case_0001")  # a second case, to be corrupted
+        masks = h5["case_0000/slice_0/masks"]
+        cut = masks[()]
+        rows, cols = np.nonzero(cut[0])
+        cut[1:5, :, : int(cols.mean())] = 0  # 4 of 9 segmentations lose half the ring
+        masks[...] = cut
+        del h5["case_0001/slice_3/te_ms"]
+    out = tmp_path / "maps.h5"
+    assert _run("--input", broken, "--output", out) == 1  # one case failed, outputs written
+    with h5py.File(out, "r") as h5:
+        failed = h5["case_0000/slice_0"]
+        assert not failed.attrs["success"]
+        assert "5 valid T2-weighted images < 6" in failed.attrs["reason"]
+        assert failed.attrs["refined_images"] == 4
+        assert np.isnan(failed["t2_ms"][()]).all() and np.isnan(failed["segments"][()]).all()
+        assert h5["case_0000/slice_1"].attrs["success"]
+        assert h5["case_0001"].attrs["status"] == "failed"
+        error = h5["case_0001"].attrs["error"]  # the contract reader's message
+        assert "case 'case_0001', slice 'slice_3', key 'te_ms'" in error and str(broken) in error
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n_cases_failed"] == 1 and summary["refined_images"] == 4
+
+
+class _RingModel(nn.Module):
+    """Stands in for a trained U-Net: softmax-like [B, 2, 256, 256] of a fixed ring."""
+
+    def __init__(self, ring: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("ring", ring)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.ring.expand(x.shape[0], 1, 256, 256) + 0.0 * x
+        return torch.cat([1.0 - p, p], dim=1)
+
+
+def _export(ring: torch.Tensor, path, task: str = MYOCARDIUM_TASK) -> None:
+    scripted = torch.jit.script(_RingModel(ring))
+    plain = path.with_suffix(".plain")
+    torch.jit.save(scripted, str(plain))
+    metadata = dict.fromkeys(METADATA_KEYS)
+    metadata.update(
+        format=FORMAT,
+        task=task,
+        classes=["background", "myocardium"],
+        n_classes=2,
+        output="softmax",
+        input_shape=[None, 1, 256, 256],
+        preprocessing={  # as MappingDataModule.preprocessing writes it
+            "size": [256, 256],
+            "interpolation": "bicubic",
+            "normalisation": "percentile",
+            "percentiles": [1.0, 99.0],
+            "clip": True,
+            "keep_aspect": False,
+        },
+        weights_sha256=weights_sha256(plain.read_bytes()),
+    )
+    torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
+    # an input without masks: one slice of the phantom
+    unmasked = tmp_path / "t2_unmasked.h5"
+    with h5py.File(phantoms["t2"], "r") as src, h5py.File(unmasked, "w") as dst:
+        group = dst.create_group("case_0000/slice_2")
+        for key in ("images", "te_ms"):
+            group.create_dataset(key, data=src["case_0000/slice_2"][key][()])
+        group.attrs.update(src["case_0000/slice_2"].attrs)
+        dst["case_0000"].attrs.update(src["case_0000"].attrs)
+        mask = src["case_0000/slice_2/masks"][0].astype(np.float32)
+    assert _run("--input", unmasked, "--output", tmp_path / "no_model.h5") == 1
+    with h5py.File(tmp_path / "no_model.h5", "r") as h5:
+        assert "no masks stored and no segmentation model" in h5["case_0000"].attrs["error"]
+
+    ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
+    model = tmp_path / "myo_unet.ts"
+    _export(ring[0], model)
+    out = tmp_path / "with_model.h5"
+    assert _run("--model", model, "--input", unmasked, "--output", out) == 0
+    reference = tmp_path / "stored_masks.h5"
+    assert _run("--input", phantoms["t2"], "--output", reference) == 0
+    with h5py.File(out, "r") as h5, h5py.File(reference, "r") as ref:
+        assert h5.attrs["model"] == str(model)
+        t2 = h5["case_0000/slice_2/t2_ms"][()]
+        t2_ref = ref["case_0000/slice_2/t2_ms"][()]
+        assert np.isfinite(t2).sum() > 0.5 * np.isfinite(t2_ref).sum()
+        with h5py.File(phantoms["t2"], "r") as src:
+            src_truth = src["case_0000/slice_2/truth/t2_ms"][()]
+        truth = float(np.nanmean(src_truth[np.isfinite(t2_ref)]))
+        # one slice at SNR 10-60: the 3-parameter fit's slice-level SD is ~3 ms on phantoms
+        assert np.nanmean(t2_ref) == pytest.approx(truth, abs=3.0)
+        # the test model's ring is image 0's in every image: it does not follow the motion
+        assert np.nanmean(t2) == pytest.approx(truth, abs=4.0)
+
+    wrong = tmp_path / "aif.ts"
+    _export(ring[0], wrong, task="some_other_task")
+    assert _run("--model", wrong, "--input", unmasked, "--output", tmp_path / "x.h5") == 2

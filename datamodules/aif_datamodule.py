@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from datamodules.aif_hdf5 import AIFHDF5Dataset, scan_aif_file
+from datamodules.loaders import make_loader
 from datamodules.patient_split import (
     kfold_split_by_patient,
     read_split,
@@ -131,27 +131,8 @@ class AIFDataModule(pl.LightningDataModule):
         log.info("AIF data %s: %s", self.file, {k: len(v) for k, v in self.split.items()})
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        sampler = None
-        trainer = self.trainer
-        if not shuffle and trainer is not None and trainer.world_size > 1:
-            # Lightning's default DistributedSampler pads the evaluation set with repeated cases
-            # to an equal share per process; every case must count once in val/test metrics.
-            sampler = UnrepeatedDistributedSampler(
-                self.datasets[name],
-                num_replicas=trainer.world_size,
-                rank=trainer.global_rank,
-                shuffle=False,
-            )
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(self.datasets[name]) > self.hparams.batch_size,
-        )
+        hp, dataset = self.hparams, self.datasets[name]
+        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -26,8 +26,8 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from datamodules.lazy_hdf5 import LazyHDF5Dataset
 from quantification.aif_preprocessing import (
     AIFPreprocessing,
     preprocess_aif_series,
@@ -302,7 +302,7 @@ def read_aif_case(
     )
 
 
-class AIFHDF5Dataset(Dataset):
+class AIFHDF5Dataset(LazyHDF5Dataset):
     """Preprocessed AIF cases from one contract file, for a DataLoader.
 
     The HDF5 file is opened lazily on the first ``__getitem__`` in each process (reopened when the
@@ -323,26 +323,18 @@ class AIFHDF5Dataset(Dataset):
         transform: Any = None,
         require_mask: bool = True,
     ) -> None:
-        self.path = Path(path)
+        super().__init__(path, _open)
         self.case_ids = list(case_ids)
         self.preprocessing = preprocessing
         self.transform = transform
         self.require_mask = require_mask
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = _open(self.path)
-            self._pid = os.getpid()
-        return self._h5
-
     def __getitem__(self, index: int) -> dict:
         case_id = self.case_ids[index]
-        case = read_aif_case(self._file(), case_id, self.path, require_mask=self.require_mask)
+        case = read_aif_case(self.file(), case_id, self.path, require_mask=self.require_mask)
         try:
             pre = preprocess_aif_series(
                 case.series, case.times_s, case.n_pd_frames, self.preprocessing
@@ -356,16 +348,3 @@ class AIFHDF5Dataset(Dataset):
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
-
-    def close(self) -> None:
-        """Close this process's file handle (reopened on the next access)."""
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-        self._pid = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_h5"] = None
-        state["_pid"] = None
-        return state

@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from datamodules.lazy_hdf5 import LazyHDF5Dataset
+from datamodules.loaders import make_loader
 from datamodules.mapping_hdf5 import (
     MODALITIES,
     MappingSliceInfo,
@@ -46,7 +47,7 @@ from quantification.image_resize import (
 log = logging.getLogger(__name__)
 
 
-class MappingImageDataset(Dataset):
+class MappingImageDataset(LazyHDF5Dataset):
     """Weighted images of a mapping file as network samples, one image per item.
 
     A sample is ``{"image": float32 [1, S, S], "mask": int64 [S, S], "case_id": str,
@@ -78,24 +79,16 @@ class MappingImageDataset(Dataset):
         clip: bool = True,
         transform: Any = None,
     ) -> None:
-        self.path = Path(path)
+        super().__init__(path, open_mapping_file)
         self.slices = list(slices)
         self.items = list(items)
         self.image_size, self.keep_aspect = image_size, keep_aspect
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.clip = clip
         self.transform = transform
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = open_mapping_file(self.path)
-            self._pid = os.getpid()
-        return self._h5
 
     def geometry(self, info: MappingSliceInfo) -> ResizeGeometry:
         """The native <-> network mapping of one slice's images."""
@@ -104,7 +97,7 @@ class MappingImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         slice_index, image_index = self.items[index]
         info = self.slices[slice_index]
-        image, mask = read_mapping_image(self._file(), info, image_index, self.path)
+        image, mask = read_mapping_image(self.file(), info, image_index, self.path)
         if mask is None:  # scan with require_masks=True prevents this
             raise ValueError(f"{self.path}: {info.case_id}/{info.slice_id} has no masks")
         geometry = self.geometry(info)
@@ -121,19 +114,6 @@ class MappingImageDataset(Dataset):
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
-
-    def close(self) -> None:
-        """Close this process's file handle (reopened on the next access)."""
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-        self._pid = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_h5"] = None
-        state["_pid"] = None
-        return state
 
 
 class MappingDataModule(pl.LightningDataModule):
@@ -326,15 +306,8 @@ class MappingDataModule(pl.LightningDataModule):
         )  # fmt: skip
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(self.datasets[name]) > self.hparams.batch_size,
-        )
+        hp, dataset = self.hparams, self.datasets[name]
+        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

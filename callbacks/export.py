@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,15 @@ class ProbabilityModel(nn.Module):
     logits cast back to float32); input and output stay float32 either way.
     """
 
-    def __init__(self, net: nn.Module, n_classes: int, bf16: bool = False) -> None:
+    def __init__(
+        self, net: nn.Module, n_classes: int, bf16: bool = False, output: str | None = None
+    ) -> None:
         super().__init__()
-        if n_classes not in CLASSES:
-            raise ValueError(f"n_classes must be 2 or 3, got {n_classes}")
+        output = output or ("sigmoid" if n_classes == 2 else "softmax")
+        if output not in ("sigmoid", "softmax") or n_classes < 2:
+            raise ValueError(f"need n_classes >= 2 and sigmoid|softmax, got {n_classes}, {output}")
         self.net = net.to(torch.bfloat16) if bf16 else net
-        self.sigmoid = n_classes == 2
+        self.sigmoid = output == "sigmoid"  # the myocardium U-Net: 2 classes, softmax head
         self.bf16 = bf16
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -135,6 +138,7 @@ def export_artifact(
     onnx_atol: float = 1e-4,
     copies: tuple[str | os.PathLike, ...] = (),
     precision: str = "fp32",
+    output: str | None = None,
 ) -> dict[str, Any]:
     """Export ``net`` as a verified TorchScript artifact (and optionally ONNX).
 
@@ -156,6 +160,8 @@ def export_artifact(
             CPUs with AVX512-BF16 or AMX, much slower on CPUs without). Parity is checked against
             the eager model of the same precision; the max abs difference to the fp32 model is
             stored as ``metadata["fp32_max_abs_diff"]``.
+        output: ``sigmoid`` or ``softmax``; ``None``: sigmoid for 2 classes (2CS), else softmax.
+            ``metadata`` may also set ``classes`` and ``threshold_rule`` (tasks other than AIF).
 
     Returns:
         The metadata written.
@@ -166,8 +172,10 @@ def export_artifact(
     path = Path(path)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"export precision must be 'fp32' or 'bf16', got {precision!r}")
-    fp32_model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval(), n_classes).eval()
-    model = ProbabilityModel(copy.deepcopy(fp32_model.net), n_classes, precision == "bf16").eval()
+    fp32_net = copy.deepcopy(net).float().cpu().eval()
+    fp32_model = ProbabilityModel(fp32_net, n_classes, output=output).eval()
+    bf16 = precision == "bf16"
+    model = ProbabilityModel(copy.deepcopy(fp32_net), n_classes, bf16, output).eval()
     batch = batch.float().cpu().contiguous()
     with torch.inference_mode():
         reference = model(batch)
@@ -182,12 +190,12 @@ def export_artifact(
         "format": FORMAT,
         "task": metadata.get("task", "aif_lv_detection"),
         "model": metadata.get("model"),
-        "classes": CLASSES[n_classes],
+        "classes": metadata.get("classes") or CLASSES[n_classes],
         "n_classes": n_classes,
-        "output": "sigmoid" if n_classes == 2 else "softmax",
+        "output": "sigmoid" if model.sigmoid else "softmax",
         "input_shape": [None, n_frames, ro, e1],
         "preprocessing": metadata["preprocessing"],
-        "threshold_rule": THRESHOLD_RULE,
+        "threshold_rule": metadata.get("threshold_rule") or THRESHOLD_RULE,
         "torch_version": torch.__version__,
         "config": metadata.get("config"),
         "test_metrics": metadata.get("test_metrics"),
@@ -295,6 +303,9 @@ class ModelExport(pl.Callback):
         onnx: also export ``<artifact>.onnx``.
         onnx_atol: parity tolerance of the ONNX Runtime check.
         parity_cases: cases of the first batch used for the parity check.
+        classes: class names in the metadata (``None``: the AIF ones for ``n_classes``).
+        output: ``sigmoid`` | ``softmax`` (``None``: by ``n_classes``, as for the AIF models).
+        threshold_rule: post-processing description in the metadata (``None``: the AIF rule).
         precision: ``fp32`` or ``bf16`` weights and activations (see :func:`export_artifact`).
     """
 
@@ -313,6 +324,9 @@ class ModelExport(pl.Callback):
         onnx_atol: float = 1e-4,
         parity_cases: int = 8,
         precision: str = "fp32",
+        classes: list[str] | None = None,
+        output: str | None = None,
+        threshold_rule: dict[str, Any] | None = None,
     ) -> None:
         self.artifact_path = Path(artifact_path)
         self.run_copy_dir = Path(run_copy_dir) if run_copy_dir else None
@@ -327,6 +341,9 @@ class ModelExport(pl.Callback):
         self.onnx_atol = onnx_atol
         self.parity_cases = parity_cases
         self.precision = precision
+        self.classes = list(classes) if classes else None
+        self.output = output
+        self.threshold_rule = dict(threshold_rule) if threshold_rule else None
         self.metadata: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -367,6 +384,8 @@ class ModelExport(pl.Callback):
     ) -> None:
         datamodule = trainer.datamodule
         preprocessing = getattr(datamodule, "preprocessing", AIFPreprocessing())
+        if is_dataclass(preprocessing):
+            preprocessing = asdict(preprocessing)
         copies = (self.run_copy_dir / self.artifact_path.name,) if self.run_copy_dir else ()
         self.metadata = export_artifact(
             net,
@@ -376,7 +395,9 @@ class ModelExport(pl.Callback):
             {
                 "task": self.task,
                 "model": self.model_name,
-                "preprocessing": asdict(preprocessing),
+                "preprocessing": dict(preprocessing),
+                "classes": self.classes,
+                "threshold_rule": self.threshold_rule,
                 "config": _run_config(self.run_config),
                 "test_metrics": test_metrics,
                 "source_checkpoint": str(checkpoint) if checkpoint else None,
@@ -388,6 +409,7 @@ class ModelExport(pl.Callback):
             onnx_atol=self.onnx_atol,
             copies=copies,
             precision=self.precision,
+            output=self.output,
         )
         if self.onnx and self.run_copy_dir:
             onnx_path = self.artifact_path.with_suffix(".onnx")

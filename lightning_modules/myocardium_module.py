@@ -1,0 +1,151 @@
+"""LightningModule for myocardium segmentation in weighted T1/T2 images (SPEC B2-B3).
+
+Batches are ``{"image": float [B, 1, 256, 256], "mask": int [B, 256, 256], ...}`` (label 1 =
+myocardium, 0 = background). The network outputs one logit per class and the loss is Dice +
+cross-entropy over the softmax (``lightning_modules.losses.DiceCrossEntropyLoss``).
+
+Metric: the Dice similarity coefficient (DSC) of each image, prediction = argmax of the softmax,
+myocardium label 1, no post-processing (the mapping pipeline's largest-object step and shape QC
+come later, in ``quantification``). Logged per stage: ``<stage>/dsc`` (mean over images),
+``<stage>/dsc_sd`` (SD over images), ``<stage>/n_images``; an image where both reference and
+prediction are empty scores 1.
+
+Transfer learning (``lightning_modules.transfer``) calls :meth:`set_transfer` to register the
+pretrained parameters (their own learning rate) and the frozen levels (their BatchNorm stays in
+eval mode, so frozen really means unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import CatMetric
+
+from lightning_modules.segmentation_module import dice_per_case
+from lightning_modules.transfer import parameter_groups
+
+MYOCARDIUM = 1
+"""Label value of the myocardium in masks and the index of its softmax channel."""
+
+
+class MyocardiumSegmentationModule(pl.LightningModule):
+    """Trains a U-Net on weighted images; logs the per-image myocardium DSC.
+
+    Args:
+        net: network mapping ``[B, 1, H, W]`` to logits ``[B, n_classes, H, W]``.
+        loss: callable ``loss(logits, labels)`` (e.g. ``DiceCrossEntropyLoss``).
+        optimizer: partial optimiser constructor taking ``params`` (Hydra ``_partial_``).
+        scheduler: partial LR-scheduler constructor taking the optimiser, or ``None``.
+        n_classes: softmax classes (2: background / myocardium).
+        monitor: metric a plateau scheduler watches.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        n_classes: int = 2,
+        monitor: str = "val/dsc",
+    ) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 (softmax head), got {n_classes}")
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.n_classes = n_classes
+        self.pretrained_parameters: set[str] = set()
+        self.pretrained_lr: float | None = None
+        self.frozen_modules: list[str] = []
+        self.stage_dsc = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
+
+    def set_transfer(
+        self,
+        pretrained: Iterable[str] = (),
+        pretrained_lr: float | None = None,
+        frozen_modules: Iterable[str] = (),
+    ) -> None:
+        """Register fine-tuning settings (called by ``transfer.FineTuning.apply_to``).
+
+        Args:
+            pretrained: names (in ``net``) of the parameters loaded from pretrained weights.
+            pretrained_lr: learning rate of those; ``None``: the optimiser's lr.
+            frozen_modules: names of ``net`` submodules whose parameters are frozen; their
+                BatchNorm layers are kept in eval mode during training.
+        """
+        self.pretrained_parameters = set(pretrained)
+        self.pretrained_lr = pretrained_lr
+        self.frozen_modules = list(frozen_modules)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MyocardiumSegmentationModule:
+        """``nn.Module.train``, but frozen levels stay in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            self.net.get_submodule(name).eval()
+        return self
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n_classes, H, W]`` for images ``[B, 1, H, W]``."""
+        return self.net(image)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes, ``[B, n_classes, H, W]`` (float32)."""
+        return logits.float().softmax(dim=1)
+
+    def predict_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Label map ``[B, H, W]`` (argmax over classes)."""
+        return logits.argmax(dim=1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=len(logits))
+        predicted = self.predict_mask(logits)
+        dsc = dice_per_case(predicted == MYOCARDIUM, batch["mask"] == MYOCARDIUM)
+        self.stage_dsc[stage].update(dsc)
+
+    def _log_summary(self, stage: str) -> None:
+        metric = self.stage_dsc[stage]
+        dsc = metric.compute()
+        self.log(f"{stage}/dsc", dsc.mean(), prog_bar=True)
+        self.log(f"{stage}/dsc_sd", dsc.std() if dsc.numel() > 1 else torch.zeros(()))
+        self.log(f"{stage}/n_images", torch.tensor(float(dsc.numel())))
+        metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_summary("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_summary("test")
+
+    def configure_optimizers(self) -> dict:
+        groups = parameter_groups(
+            list(self.net.named_parameters()), self.pretrained_parameters, self.pretrained_lr
+        )
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
+        }

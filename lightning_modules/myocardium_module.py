@@ -20,19 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import CatMetric
 
-from lightning_modules.segmentation_module import dice_per_case
+from lightning_modules.segmentation_task import SegmentationTask, dice_per_case, mean_and_sd
 from lightning_modules.transfer import parameter_groups
 
 MYOCARDIUM = 1
 """Label value of the myocardium in masks and the index of its softmax channel."""
 
 
-class MyocardiumSegmentationModule(pl.LightningModule):
+class MyocardiumSegmentationModule(SegmentationTask):
     """Trains a U-Net on weighted images; logs the per-image myocardium DSC.
 
     Args:
@@ -53,14 +52,10 @@ class MyocardiumSegmentationModule(pl.LightningModule):
         n_classes: int = 2,
         monitor: str = "val/dsc",
     ) -> None:
-        super().__init__()
+        super().__init__(net, loss, optimizer, scheduler)
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2 (softmax head), got {n_classes}")
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
-        self.net = net
-        self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.n_classes = n_classes
         self.pretrained_parameters: set[str] = set()
         self.pretrained_lr: float | None = None
@@ -93,10 +88,6 @@ class MyocardiumSegmentationModule(pl.LightningModule):
             self.net.get_submodule(name).eval()
         return self
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, n_classes, H, W]`` for images ``[B, 1, H, W]``."""
-        return self.net(image)
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes, ``[B, n_classes, H, W]`` (float32)."""
         return logits.float().softmax(dim=1)
@@ -105,47 +96,21 @@ class MyocardiumSegmentationModule(pl.LightningModule):
         """Label map ``[B, H, W]`` (argmax over classes)."""
         return logits.argmax(dim=1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def _evaluate(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=len(logits))
+    def update_metrics(self, logits: torch.Tensor, mask: torch.Tensor, stage: str) -> None:
         predicted = self.predict_mask(logits)
-        dsc = dice_per_case(predicted == MYOCARDIUM, batch["mask"] == MYOCARDIUM)
-        self.stage_dsc[stage].update(dsc)
+        self.stage_dsc[stage].update(dice_per_case(predicted == MYOCARDIUM, mask == MYOCARDIUM))
 
-    def _log_summary(self, stage: str) -> None:
+    def log_metrics(self, stage: str) -> None:
         metric = self.stage_dsc[stage]
         dsc = metric.compute()
-        self.log(f"{stage}/dsc", dsc.mean(), prog_bar=True)
-        self.log(f"{stage}/dsc_sd", dsc.std() if dsc.numel() > 1 else torch.zeros(()))
+        dsc_mean, dsc_sd = mean_and_sd(dsc)
+        self.log(f"{stage}/dsc", dsc_mean, prog_bar=True)
+        self.log(f"{stage}/dsc_sd", dsc_sd)
         self.log(f"{stage}/n_images", torch.tensor(float(dsc.numel())))
         metric.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_summary("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_summary("test")
-
-    def configure_optimizers(self) -> dict:
-        groups = parameter_groups(
+    def optimizer_parameters(self) -> list[dict]:
+        """Parameter groups: pretrained ones at ``pretrained_lr`` when it is set."""
+        return parameter_groups(
             list(self.net.named_parameters()), self.pretrained_parameters, self.pretrained_lr
         )
-        optimizer = self.optimizer_factory(params=groups)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
-        }

@@ -12,25 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import CatMetric
 
+from lightning_modules.segmentation_task import SegmentationTask, dice_per_case, mean_and_sd
 from quantification.lv_mask import LABEL_LV as LV
 from quantification.lv_mask import LABEL_RV as RV
 from quantification.lv_mask import masks_from_probabilities
 
-
-def dice_per_case(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Dice of boolean masks ``[B, H, W]`` per case, ``[B]``; two empty masks score 1."""
-    prediction, reference = prediction.flatten(1).float(), reference.flatten(1).float()
-    overlap = 2 * (prediction * reference).sum(1)
-    total = prediction.sum(1) + reference.sum(1)
-    return torch.where(total > 0, overlap / total.clamp(min=1), torch.ones_like(total))
+__all__ = ["LV", "RV", "SegmentationModule", "dice_per_case"]
 
 
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(SegmentationTask):
     """Trains a segmentation network with a given loss; logs per-case LV (and RV) Dice.
 
     Args:
@@ -51,16 +45,12 @@ class SegmentationModule(pl.LightningModule):
         n_classes: int = 3,
         monitor: str = "val/lv_dice",
     ) -> None:
-        super().__init__()
+        super().__init__(net, loss, optimizer, scheduler)
         if n_classes not in (2, 3):
             raise ValueError(f"n_classes must be 2 (2CS) or 3 (3CS), got {n_classes}")
         # Checkpoints keep plain data only (they load with torch.load(weights_only=True)); the
         # full resolved config is logged by train.py.
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
-        self.net = net
-        self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.n_classes = n_classes
         self.stage_metrics = nn.ModuleDict(
             {
@@ -69,37 +59,27 @@ class SegmentationModule(pl.LightningModule):
             }
         )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C_out, H, W]`` for a preprocessed series ``[B, 64, H, W]``."""
-        return self.net(image)
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid (2CS, ``[B, 1, H, W]``) or softmax (3CS, ``[B, 3, H, W]``) of the logits."""
         logits = logits.float()
         return torch.sigmoid(logits) if self.n_classes == 2 else logits.softmax(dim=1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def _evaluate(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=len(logits))
+    def update_metrics(self, logits: torch.Tensor, mask: torch.Tensor, stage: str) -> None:
         probability = self.probabilities(logits).cpu().numpy()
         labels = np.stack([masks_from_probabilities(p, self.n_classes) for p in probability])
-        labels = torch.from_numpy(labels).to(batch["mask"].device)
+        labels = torch.from_numpy(labels).to(mask.device)
         metrics = self.stage_metrics[stage]
-        metrics["lv_dice"].update(dice_per_case(labels == LV, batch["mask"] == LV))
+        metrics["lv_dice"].update(dice_per_case(labels == LV, mask == LV))
         if self.n_classes == 3:
-            metrics["rv_dice"].update(dice_per_case(labels == RV, batch["mask"] == RV))
+            metrics["rv_dice"].update(dice_per_case(labels == RV, mask == RV))
 
-    def _log_summary(self, stage: str) -> None:
+    def log_metrics(self, stage: str) -> None:
         metrics = self.stage_metrics[stage]
         lv = metrics["lv_dice"].compute()
+        lv_mean, lv_sd = mean_and_sd(lv)
         summary = {
-            "lv_dice": lv.mean(),
-            "lv_dice_sd": lv.std() if lv.numel() > 1 else torch.zeros(()),
+            "lv_dice": lv_mean,
+            "lv_dice_sd": lv_sd,
             "detection_rate": (lv > 0.5).float().mean(),
             "dice_gt_075": (lv > 0.75).float().mean(),
             "n_cases": torch.tensor(float(lv.numel())),
@@ -111,25 +91,3 @@ class SegmentationModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in prog, sync_dist=False)
         for metric in metrics.values():
             metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_summary("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_summary("test")
-
-    def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
-        }

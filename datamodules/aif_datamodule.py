@@ -13,11 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader
-
 from datamodules.aif_hdf5 import AIFHDF5Dataset, scan_aif_file
-from datamodules.loaders import make_loader
+from datamodules.loaders import SplitDataModule
 from datamodules.patient_split import (
     kfold_split_by_patient,
     read_split,
@@ -31,7 +28,7 @@ from quantification.aif_preprocessing import AIFPreprocessing
 log = logging.getLogger(__name__)
 
 
-class AIFDataModule(pl.LightningDataModule):
+class AIFDataModule(SplitDataModule):
     """Train/val/test loaders of preprocessed AIF series ``[64, 64, 48]`` and masks ``[64, 48]``.
 
     Args:
@@ -129,16 +126,3 @@ class AIFDataModule(pl.LightningDataModule):
             for name, ids in self.split.items()
         }
         log.info("AIF data %s: %s", self.file, {k: len(v) for k, v in self.split.items()})
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        hp, dataset = self.hparams, self.datasets[name]
-        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, self.trainer)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -35,3 +35,25 @@ def make_loader(
         persistent_workers=num_workers > 0,
         drop_last=shuffle and len(dataset) > batch_size,
     )
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Train / val / test loaders over ``self.datasets[name]`` (built by the subclass's ``setup``).
+
+    The subclass's hyper-parameters hold ``batch_size`` and ``num_workers``.
+    """
+
+    datasets: dict[str, Dataset]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        hp, dataset = self.hparams, self.datasets[name]
+        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, self.trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.lazy_hdf5 import LazyHDF5Dataset
-from datamodules.loaders import make_loader
+from datamodules.loaders import SplitDataModule
 from datamodules.mapping_hdf5 import (
     MODALITIES,
     MappingSliceInfo,
@@ -116,7 +114,7 @@ class MappingImageDataset(LazyHDF5Dataset):
         return sample
 
 
-class MappingDataModule(pl.LightningDataModule):
+class MappingDataModule(SplitDataModule):
     """Train/val/test loaders of myocardium segmentation samples of one mapping modality.
 
     Batches (default collate) are dicts with exactly these keys:
@@ -304,16 +302,3 @@ class MappingDataModule(pl.LightningDataModule):
             self.file, hp.modality, {k: len(v) for k, v in items.items()},
             {k: len({slices[i].patient_id for i, _ in v}) for k, v in items.items()},
         )  # fmt: skip
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        hp, dataset = self.hparams, self.datasets[name]
-        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, self.trainer)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

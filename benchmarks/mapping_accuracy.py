@@ -34,10 +34,15 @@ from exports.mapping_cli import read_acquisitions  # noqa: E402
 from exports.mapping_pipeline import MappingPipeline, MappingSettings  # noqa: E402
 
 
-def _agreement(auto: list[float], ref: list[float]) -> str:
+def _finite_pairs(auto: list[float], ref: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The (auto, truth) pairs where both are finite."""
     a, r = np.asarray(auto), np.asarray(ref)
     ok = np.isfinite(a) & np.isfinite(r)
-    a, r = a[ok], r[ok]
+    return a[ok], r[ok]
+
+
+def _agreement(auto: list[float], ref: list[float]) -> str:
+    a, r = _finite_pairs(auto, ref)
     if a.size < 3:
         return f"n={a.size} (too few)"
     d = a - r
@@ -137,9 +142,7 @@ def t2_precision_floor_ms(te_ms: np.ndarray, t2_ms: float, snr: float) -> dict[s
 
 
 def _row(auto: list[float], ref: list[float]) -> str:
-    a, r = np.asarray(auto), np.asarray(ref)
-    ok = np.isfinite(a) & np.isfinite(r)
-    a, r = a[ok], r[ok]
+    a, r = _finite_pairs(auto, ref)
     if a.size < 3:
         return f"{a.size:5d}  (too few)"
     d = a - r

@@ -484,8 +484,11 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "(default) or one fit of the disc signal's median / mean")  # fmt: skip
     p.add_argument("--no-coil-correction", action="store_true",
                    help="do not divide out the motion-induced receive-coil gains")  # fmt: skip
-    p.add_argument("--no-noise-floor-correction", action="store_true",
-                   help="fit the magnitude samples as they are (no Rician floor removal)")
+    p.add_argument(
+        "--no-noise-floor-correction",
+        action="store_true",
+        help="fit the magnitude samples as they are (no Rician floor removal)",
+    )
     p.add_argument("--t1-model", choices=("t1_2p", "t1_3p"), default=d.t1_model,
                    help="T1 model: 2-parameter (default) or 3-parameter")  # fmt: skip
     p.add_argument("--t2-model", choices=("t2_shared_offset", "t2_3p"), default=d.t2_model,

@@ -596,7 +596,9 @@ class MappingPipeline:
             used = p.used
             times = np.asarray(p.acquisition.times_ms)[used]
             polar = self._coil_corrected(
-                p, lambda y, x=times: fit_t1(y, x, model=s.t1_model), details[name]  # type: ignore[arg-type]
+                p,
+                lambda y, x=times: fit_t1(y, x, model=s.t1_model),  # type: ignore[arg-type]
+                details[name],
             )
             fit = fit_t1(polar, times, model=s.t1_model)  # type: ignore[arg-type]
             blood = blood_t1(

@@ -169,9 +169,7 @@ def blood_t1(
         :class:`~quantification.relaxometry.RelaxometryFit` of shape [] (``float(fit.t_ms)``).
     """
     if statistic not in ("pixel_median", "median", "mean"):
-        raise ValueError(
-            f"statistic must be 'pixel_median', 'median' or 'mean', got {statistic!r}"
-        )
+        raise ValueError(f"statistic must be 'pixel_median', 'median' or 'mean', got {statistic!r}")
     masks = np.asarray(masks)
     present = masks.reshape(masks.shape[0], -1).any(axis=1)
     ti = np.asarray(ti_ms, dtype=np.float64)

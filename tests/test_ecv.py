@@ -70,8 +70,10 @@ def _small_cavity(shift_rc: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarra
         rho = np.hypot(rows - 30.2 - dr, cols - 33.4 - dc)
         myo_fraction = np.clip((rho - 3.25) / 1.5, 0, 1) * np.clip((17.75 - rho) / 1.5, 0, 1)
         blood = np.clip((4.25 - rho) / 1.5, 0, 1)
-        signal = (blood * t1_signal(np.array([ti]), 1000.0, np.array(1550.0))[0]
-                  + myo_fraction * t1_signal(np.array([ti]), 800.0, np.array(1000.0))[0])
+        signal = (
+            blood * t1_signal(np.array([ti]), 1000.0, np.array(1550.0))[0]
+            + myo_fraction * t1_signal(np.array([ti]), 800.0, np.array(1000.0))[0]
+        )
         images.append(np.abs(signal))
         masks.append(myo_fraction >= 0.5)
     return np.stack(images), np.stack(masks)

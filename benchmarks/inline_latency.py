@@ -15,6 +15,9 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
 * ``torchscript+channels_last``: frozen from a channels_last copy of the network;
 * ``torchscript+bf16``: exported with ``precision="bf16"`` (bfloat16 weights and activations;
   fast only on CPUs with AVX512-BF16 or AMX, e.g. Zen 4, Sapphire Rapids);
+* ``torchscript+int8``: exported with ``precision="int8"`` (static int8 quantisation, the first
+  block and the head in float32; calibrated on random series, so only its latency means
+  something here);
 * ``eager``: the ``ResUNet`` class built and its ``state_dict`` loaded (``torch.load``);
 * ``onnxruntime``: the ONNX export run by ONNX Runtime (if installed).
 
@@ -157,6 +160,14 @@ def prepare(workdir: Path, checkpoint: Path | None) -> dict[str, Path]:
     export_artifact(net_cl, 3, batch, files["torchscript+channels_last"], meta, atol=1)
     files["torchscript+bf16"] = workdir / "model_bf16.ts"
     export_artifact(net, 3, batch, files["torchscript+bf16"], meta, precision="bf16")
+    # int8: calibrated on random series here (latency does not depend on the ranges, accuracy
+    # does: an artifact calibrated on real cases is evaluated with evaluate.py, see the README)
+    files["torchscript+int8"] = workdir / "model_int8.ts"
+    calibration = torch.from_numpy(np.random.default_rng(2).random((32, 64, 64, 48), np.float32))
+    export_artifact(
+        net, 3, batch, files["torchscript+int8"], meta, precision="int8",
+        calibration=calibration, int8_float_modules=("input_block", "head"),
+    )  # fmt: skip
     return files
 
 

@@ -46,6 +46,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from callbacks.int8_quantization import BACKEND as INT8_BACKEND
+from callbacks.int8_quantization import quantize_int8, quiet_quantization_deprecation
 from exports.artifact import (
     FORMAT,
     METADATA_NAME,
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ExportParityError", "ModelExport", "ProbabilityModel", "export_artifact", "main"]
 
 CLASSES = {2: ["background", "lv"], 3: ["background", "lv", "rv"]}
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class ExportParityError(RuntimeError):
@@ -118,6 +121,24 @@ def _script(model: ProbabilityModel, freeze: bool, fold_batchnorm: bool) -> torc
     return scripted
 
 
+def _trace(model: ProbabilityModel, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript of an int8 model by tracing (FX-quantised graphs do not script), frozen."""
+    with (
+        quiet_torchscript_deprecation(),
+        quiet_quantization_deprecation(),
+        warnings.catch_warnings(),
+    ):
+        # The quantisation scales become constants, as they should; the parity check on a whole
+        # batch (traced with one case) catches any other value the trace would have frozen.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Converting a tensor to a Python float",
+            category=torch.jit.TracerWarning,
+        )
+        traced = torch.jit.trace(model, example[:1], check_trace=False)
+        return torch.jit.freeze(traced.eval())
+
+
 def _save_bytes(module: torch.jit.ScriptModule, extra: dict[str, str] | None = None) -> bytes:
     buffer = io.BytesIO()
     with quiet_torchscript_deprecation():
@@ -139,6 +160,9 @@ def export_artifact(
     copies: tuple[str | os.PathLike, ...] = (),
     precision: str = "fp32",
     output: str | None = None,
+    calibration: torch.Tensor | None = None,
+    int8_float_modules: tuple[str, ...] = (),
+    int8_reduce_range: bool = False,
 ) -> dict[str, Any]:
     """Export ``net`` as a verified TorchScript artifact (and optionally ONNX).
 
@@ -159,7 +183,13 @@ def export_artifact(
         precision: ``fp32``, or ``bf16`` (weights and activations in bfloat16: ~1.8x faster on
             CPUs with AVX512-BF16 or AMX, much slower on CPUs without). Parity is checked against
             the eager model of the same precision; the max abs difference to the fp32 model is
-            stored as ``metadata["fp32_max_abs_diff"]``.
+            stored as ``metadata["fp32_max_abs_diff"]``. ``int8``: static int8 quantisation
+            (``callbacks.int8_quantization``, calibrated on ``calibration``), traced and frozen;
+            about 4x faster than fp32 on 2 cores, on any x86-64 CPU; accuracy measured in the
+            README ("Latency"), parity again against the eager model of the same precision.
+        calibration: int8 only: float [N, n_frames, RO, E1] real inputs that set the ranges.
+        int8_float_modules: int8 only: submodules of ``net`` kept in float32.
+        int8_reduce_range: int8 only: 7-bit activations, for CPUs without VNNI.
         output: ``sigmoid`` or ``softmax``; ``None``: sigmoid for 2 classes (2CS), else softmax.
             ``metadata`` may also set ``classes`` and ``threshold_rule`` (tasks other than AIF).
 
@@ -170,17 +200,33 @@ def export_artifact(
         ExportParityError: the reloaded artifact does not match the eager model.
     """
     path = Path(path)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"export precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}")
     fp32_net = copy.deepcopy(net).float().cpu().eval()
     fp32_model = ProbabilityModel(fp32_net, n_classes, output=output).eval()
-    bf16 = precision == "bf16"
-    model = ProbabilityModel(copy.deepcopy(fp32_net), n_classes, bf16, output).eval()
+    quantization = None
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("export precision int8 needs calibration inputs (calibration=...)")
+        int8_net = quantize_int8(fp32_net, calibration, int8_float_modules, int8_reduce_range)
+        model = ProbabilityModel(int8_net, n_classes, output=output).eval()
+        quantization = {
+            "backend": INT8_BACKEND,
+            "calibration_cases": len(calibration),
+            "float_modules": list(int8_float_modules),
+            "reduce_range": int8_reduce_range,
+        }
+    else:
+        bf16 = precision == "bf16"
+        model = ProbabilityModel(copy.deepcopy(fp32_net), n_classes, bf16, output).eval()
     batch = batch.float().cpu().contiguous()
     with torch.inference_mode():
         reference = model(batch)
         fp32_diff = _max_abs_diff(reference, fp32_model(batch))
-    scripted = _script(model, freeze, fold_batchnorm)
+    if precision == "int8":
+        scripted = _trace(model, batch)
+    else:
+        scripted = _script(model, freeze, fold_batchnorm)
     plain = _save_bytes(scripted)
     with torch.inference_mode(), torch.jit.optimized_execution(False):  # as the runtime runs it
         diff = _max_abs_diff(scripted(batch), reference)
@@ -203,8 +249,13 @@ def export_artifact(
         "source_checkpoint": metadata.get("source_checkpoint"),
         "parity_max_abs_diff": diff,
         "parity_n_cases": len(batch),
-        "optimisation": {"freeze": freeze, "fold_batchnorm": freeze and fold_batchnorm},
+        "optimisation": {
+            "freeze": freeze or precision == "int8",
+            "fold_batchnorm": freeze and fold_batchnorm and precision != "int8",
+            "traced": precision == "int8",
+        },
         "precision": precision,
+        "quantization": quantization,
         "fp32_max_abs_diff": fp32_diff,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -306,7 +357,10 @@ class ModelExport(pl.Callback):
         classes: class names in the metadata (``None``: the AIF ones for ``n_classes``).
         output: ``sigmoid`` | ``softmax`` (``None``: by ``n_classes``, as for the AIF models).
         threshold_rule: post-processing description in the metadata (``None``: the AIF rule).
-        precision: ``fp32`` or ``bf16`` weights and activations (see :func:`export_artifact`).
+        precision: ``fp32``, ``bf16`` or ``int8`` (see :func:`export_artifact`).
+        calibration_cases: int8: validation cases that calibrate the activation ranges.
+        int8_float_modules: int8: submodules of the network kept in float32.
+        int8_reduce_range: int8: 7-bit activations (CPUs without VNNI).
     """
 
     def __init__(
@@ -324,6 +378,9 @@ class ModelExport(pl.Callback):
         onnx_atol: float = 1e-4,
         parity_cases: int = 8,
         precision: str = "fp32",
+        calibration_cases: int = 64,
+        int8_float_modules: list[str] | None = None,
+        int8_reduce_range: bool = False,
         classes: list[str] | None = None,
         output: str | None = None,
         threshold_rule: dict[str, Any] | None = None,
@@ -341,6 +398,9 @@ class ModelExport(pl.Callback):
         self.onnx_atol = onnx_atol
         self.parity_cases = parity_cases
         self.precision = precision
+        self.calibration_cases = calibration_cases
+        self.int8_float_modules = tuple(int8_float_modules or ())
+        self.int8_reduce_range = int8_reduce_range
         self.classes = list(classes) if classes else None
         self.output = output
         self.threshold_rule = dict(threshold_rule) if threshold_rule else None
@@ -372,6 +432,18 @@ class ModelExport(pl.Callback):
             raise RuntimeError("ModelExport needs a datamodule for its parity batch")
         loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
         return next(iter(loader))["image"][: self.parity_cases]
+
+    def _calibration(self, trainer: pl.Trainer) -> torch.Tensor | None:
+        """int8: the first ``calibration_cases`` validation inputs (deterministic order)."""
+        if self.precision != "int8":
+            return None
+        images, n = [], 0
+        for batch in trainer.datamodule.val_dataloader():
+            images.append(batch["image"])
+            n += len(batch["image"])
+            if n >= self.calibration_cases:
+                break
+        return torch.cat(images)[: self.calibration_cases]
 
     def _export(
         self,
@@ -410,6 +482,9 @@ class ModelExport(pl.Callback):
             copies=copies,
             precision=self.precision,
             output=self.output,
+            calibration=self._calibration(trainer),
+            int8_float_modules=self.int8_float_modules,
+            int8_reduce_range=self.int8_reduce_range,
         )
         if self.onnx and self.run_copy_dir:
             onnx_path = self.artifact_path.with_suffix(".onnx")
@@ -463,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a .ckpt inside a run directory")
     parser.add_argument("--output", type=Path, help="artifact path (default: export.artifact_path)")
     parser.add_argument("--onnx", action="store_true", help="also write the ONNX model")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: export.precision")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: export.precision")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

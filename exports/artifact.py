@@ -108,7 +108,7 @@ refused by :func:`load_artifact`."""
 
 # torch 2.13 marks every torch.jit entry point as deprecated ("`torch.jit.script` is deprecated.
 # Please switch to ..."). These are the only warnings silenced, by category and message.
-_JIT_DEPRECATION = r"`torch\.jit\.(script|freeze|save|load|trace)` is deprecated"
+_JIT_DEPRECATION = r"`torch\.jit\.(script|freeze|save|load|trace|trace_method)` is deprecated"
 
 
 @contextmanager

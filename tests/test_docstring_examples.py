@@ -11,6 +11,7 @@ import importlib
 import pytest
 
 MODULES_WITH_EXAMPLES = [
+    "callbacks.int8_quantization",
     "datamodules.mapping_transforms",
     "datamodules.transforms",
     "exports.atomic_file",

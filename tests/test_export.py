@@ -178,3 +178,51 @@ def test_bf16_export_runs_bfloat16_weights_behind_a_float32_interface(tmp_path):
     assert np.abs(out - bf16).max() <= 1e-5  # the TorchScript model is the eager bf16 model
     # ... and close to, not equal to, float32: bfloat16 keeps 8 bits of mantissa
     assert 0 < artifact.metadata["fp32_max_abs_diff"] < 0.5
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # jit and quantisation ones are filtered
+def test_int8_export_is_a_quantised_model_behind_a_float32_interface(tmp_path):
+    net, batch = ResUNet(**TINY_NET), torch.rand(3, 64, 64, 48)
+    with torch.no_grad():  # batch-norm statistics of data, as after training
+        net.train()(torch.rand(8, 64, 64, 48))
+    net.eval()
+    meta = {"preprocessing": asdict(AIFPreprocessing())}
+    export_artifact(
+        net, 3, batch, tmp_path / "aif.ts", meta, precision="int8",
+        calibration=torch.rand(16, 64, 64, 48), int8_float_modules=("input_block", "head"),
+    )  # fmt: skip
+    artifact = load_artifact(tmp_path / "aif.ts")
+    assert artifact.metadata["precision"] == "int8"
+    assert artifact.metadata["quantization"] == {
+        "backend": "x86", "calibration_cases": 16, "float_modules": ["input_block", "head"],
+        "reduce_range": False,
+    }  # fmt: skip
+    assert artifact.metadata["parity_max_abs_diff"] <= 1e-5  # vs the eager int8 model
+    assert 0 < artifact.metadata["fp32_max_abs_diff"] < 1  # int8 rounds: close, not equal
+    out = artifact.probabilities(batch[:2].numpy())  # any batch size, float32 in and out
+    assert out.dtype == np.float32 and out.shape == (2, 3, 64, 48)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert "quantized::conv2d" in str(artifact.module.inlined_graph)  # int8 kernels run it
+
+
+def test_int8_needs_calibration_and_known_module_names(tmp_path):
+    net, meta = ResUNet(**TINY_NET).eval(), {"preprocessing": asdict(AIFPreprocessing())}
+    batch = torch.rand(2, 64, 64, 48)
+    with pytest.raises(ValueError, match="int8 needs calibration"):
+        export_artifact(net, 3, batch, tmp_path / "a.ts", meta, precision="int8")
+    with pytest.raises(ValueError, match=r"\['decoder'\] are not submodules of ResUNet"):
+        export_artifact(
+            net, 3, batch, tmp_path / "a.ts", meta, precision="int8",
+            calibration=batch, int8_float_modules=("decoder",),
+        )  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_export_int8_calibrates_on_the_validation_split(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    checkpoint = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    output = tmp_path / "int8.ts"
+    assert export_main([str(checkpoint), "--output", str(output), "--precision", "int8"]) == 0
+    meta = load_artifact(output).metadata
+    assert meta["precision"] == "int8" and meta["quantization"]["calibration_cases"] > 0
+    assert meta["quantization"]["float_modules"] == ["input_block", "head"]

@@ -1,6 +1,6 @@
 """Post-training int8 quantisation of a segmentation network for the CPU artifact.
 
-Static quantisation with PyTorch's FX graph mode (``torch.ao.quantization``, backend ``x86``):
+Static quantisation with PyTorch's FX graph mode (``torch.ao.quantization``, backend ``fbgemm``):
 int8 weights (per output channel, symmetric) and uint8 activations (per tensor, ranges from a
 histogram of the activations on real calibration inputs); the quantised convolutions run on
 fbgemm/oneDNN int8 kernels (no bfloat16 instructions needed, unlike ``precision=bf16``).
@@ -29,8 +29,12 @@ import torch
 import torch.fx
 from torch import nn
 
-BACKEND = "x86"
-"""``torch.backends.quantized`` engine the artifact is built for (fbgemm + oneDNN kernels)."""
+BACKEND = "fbgemm"
+"""``torch.backends.quantized`` engine the artifact is built for and loaded with (x86-64 CPUs).
+
+fbgemm rather than ``x86`` (which also packs oneDNN weights): the same inference speed on 2 Zen 4
+cores (19 vs 17-19 ms for the 3CS ResUNet) and a third less time to read the file (40 vs 58 ms).
+"""
 
 
 _DEPRECATIONS = (

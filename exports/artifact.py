@@ -302,6 +302,19 @@ class Artifact:
         return out[0] if single else out
 
 
+def _use_quantized_engine(metadata: dict[str, Any], path: Path) -> None:
+    """Select the int8 backend an artifact was quantised for (no-op for float artifacts)."""
+    backend = (metadata.get("quantization") or {}).get("backend")
+    if backend is None:
+        return
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ArtifactError(
+            f"{path}: int8 model for the {backend!r} quantised engine, which this torch lacks "
+            f"(supported: {torch.backends.quantized.supported_engines})"
+        )
+    torch.backends.quantized.engine = backend
+
+
 def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> Artifact:
     """Read an artifact file, verify it and load its model (once; keep the returned object).
 
@@ -314,6 +327,10 @@ def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> 
     ~40 ms (reading from an in-memory buffer instead is slower, ~70 ms; hashing in a thread while
     it loads was slower too: the two contend for the GIL). The check guards against damage and
     edits of the file, not a writer replacing it between the two reads.
+
+    An int8 artifact (metadata ``quantization``) sets ``torch.backends.quantized.engine`` to the
+    backend it was quantised for before loading: the int8 kernels pack their weights for the
+    engine in force when the file is read.
 
     Raises:
         ArtifactError: any failed check; the message names the file and what is wrong.
@@ -334,6 +351,7 @@ def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> 
             f"{path}: weights sha256 {actual} differs from the exported "
             f"{metadata['weights_sha256']}; the file was changed after export, refusing to load it"
         )
+    _use_quantized_engine(metadata, path)
     try:
         with quiet_torchscript_deprecation():
             module = torch.jit.load(str(path), map_location="cpu")

@@ -194,9 +194,10 @@ def test_int8_export_is_a_quantised_model_behind_a_float32_interface(tmp_path):
     artifact = load_artifact(tmp_path / "aif.ts")
     assert artifact.metadata["precision"] == "int8"
     assert artifact.metadata["quantization"] == {
-        "backend": "x86", "calibration_cases": 16, "float_modules": ["input_block", "head"],
+        "backend": "fbgemm", "calibration_cases": 16, "float_modules": ["input_block", "head"],
         "reduce_range": False,
     }  # fmt: skip
+    assert torch.backends.quantized.engine == "fbgemm"  # set by load_artifact, as exported
     assert artifact.metadata["parity_max_abs_diff"] <= 1e-5  # vs the eager int8 model
     assert 0 < artifact.metadata["fp32_max_abs_diff"] < 1  # int8 rounds: close, not equal
     out = artifact.probabilities(batch[:2].numpy())  # any batch size, float32 in and out

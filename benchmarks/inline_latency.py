@@ -15,9 +15,8 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
 * ``torchscript+channels_last``: frozen from a channels_last copy of the network;
 * ``torchscript+bf16``: exported with ``precision="bf16"`` (bfloat16 weights and activations;
   fast only on CPUs with AVX512-BF16 or AMX, e.g. Zen 4, Sapphire Rapids);
-* ``torchscript+int8``: exported with ``precision="int8"`` (static int8 quantisation, the first
-  block and the head in float32; calibrated on random series, so only its latency means
-  something here);
+* ``torchscript+int8``: exported with ``precision="int8"`` (static int8 quantisation, fbgemm;
+  calibrated on random series, so only its latency means something here);
 * ``eager``: the ``ResUNet`` class built and its ``state_dict`` loaded (``torch.load``);
 * ``onnxruntime``: the ONNX export run by ONNX Runtime (if installed).
 
@@ -166,7 +165,7 @@ def prepare(workdir: Path, checkpoint: Path | None) -> dict[str, Path]:
     calibration = torch.from_numpy(np.random.default_rng(2).random((32, 64, 64, 48), np.float32))
     export_artifact(
         net, 3, batch, files["torchscript+int8"], meta, precision="int8",
-        calibration=calibration, int8_float_modules=("input_block", "head"),
+        calibration=calibration,
     )  # fmt: skip
     return files
 

@@ -226,4 +226,4 @@ def test_make_export_int8_calibrates_on_the_validation_split(trained_run, tmp_pa
     assert export_main([str(checkpoint), "--output", str(output), "--precision", "int8"]) == 0
     meta = load_artifact(output).metadata
     assert meta["precision"] == "int8" and meta["quantization"]["calibration_cases"] > 0
-    assert meta["quantization"]["float_modules"] == ["input_block", "head"]
+    assert meta["quantization"]["float_modules"] == []  # conf/export/default.yaml

@@ -525,9 +525,8 @@ def _load_run_config(run_dir: Path) -> DictConfig:
         with open_dict(full):
             full.hydra = OmegaConf.merge(hydra_node, saved)
         HydraConfig.instance().set_config(full)
-    defaults = OmegaConf.load(root / "conf" / "export" / "default.yaml")
-    # A run from before the export group, or before some of its keys: today's defaults fill in.
-    cfg.export = OmegaConf.merge(defaults, cfg.get("export") or {})
+    if "export" not in cfg:  # a run from before the export group: use today's defaults
+        cfg.export = OmegaConf.load(root / "conf" / "export" / "default.yaml")
     return cfg
 
 

@@ -34,14 +34,11 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.synthetic.rician_noise import add_rician_noise  # noqa: E402
 from quantification.relaxometry import fit_t1, fit_t2, t1_signal, t2_signal  # noqa: E402
 
 TI_MS = np.array([100, 180, 260, 350, 500, 700, 1000, 1400, 2000, 2700, 3500.0])
 TE_MS = np.array([0, 10, 20, 25, 30, 35, 40, 45, 50, 55, 60.0])
-
-
-def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
-    return np.hypot(signal + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
 
 
 def _t1_model(ti: np.ndarray, a: float, t1: float) -> np.ndarray:
@@ -129,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     amplitude = rng.uniform(500, 1500, n_pix)
     sigma = 1000.0 / args.snr
     t1 = rng.uniform(250, 2000, n_pix)
-    t1_signals = _rician(rng, t1_signal(TI_MS, amplitude, t1), sigma)
+    t1_signals = add_rician_noise(rng, t1_signal(TI_MS, amplitude, t1), sigma)
     _report("t1", t1, t1_signals, TI_MS, args, rng)
     t2 = rng.uniform(30, 120, n_pix)
     offset = rng.uniform(0, 40, n_pix)
-    t2_signals = _rician(rng, t2_signal(TE_MS, amplitude, t2, offset), sigma)
+    t2_signals = add_rician_noise(rng, t2_signal(TE_MS, amplitude, t2, offset), sigma)
     _report("t2", t2, t2_signals, TE_MS, args, rng)
     return 0
 

@@ -12,6 +12,7 @@ import pytest
 
 MODULES_WITH_EXAMPLES = [
     "callbacks.int8_quantization",
+    "datamodules.synthetic.rician_noise",
     "datamodules.mapping_transforms",
     "datamodules.transforms",
     "exports.atomic_file",

@@ -5,21 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from datamodules.synthetic.rician_noise import add_rician_noise
 from quantification.noise_floor import background_sigma, remove_noise_floor
 from quantification.relaxometry import fit_t2, t2_signal
 
 TE_MS = np.array([0.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0])
 
 
-def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
-    return np.hypot(signal + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
-
-
 def test_sigma_from_the_air_around_the_body():
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[0:96, 0:96]
     body = np.hypot(rows - 48, cols - 48) < 36  # the frame (6 px) is air
-    images = _rician(rng, np.where(body, 500.0, 0.0)[None].repeat(4, 0), 12.0)
+    images = add_rician_noise(rng, np.where(body, 500.0, 0.0)[None].repeat(4, 0), 12.0)
     assert background_sigma(images) == pytest.approx(12.0, rel=0.05)
     assert np.isnan(background_sigma(images[:, :10, :10]))  # no frame in a 10 px image
 
@@ -27,7 +24,7 @@ def test_sigma_from_the_air_around_the_body():
 def test_floor_removal_unbiases_the_squared_signal_and_the_t2_fit():
     rng = np.random.default_rng(1)
     clean = t2_signal(TE_MS, np.full(20000, 100.0), np.full(20000, 50.0), np.zeros(20000))
-    noisy = _rician(rng, clean, 8.0)  # SNR 12.5 at TE 0, ~3.8 at TE 60
+    noisy = add_rician_noise(rng, clean, 8.0)  # SNR 12.5 at TE 0, ~3.8 at TE 60
     floor_free = remove_noise_floor(noisy, 8.0)
     np.testing.assert_allclose((floor_free**2).mean(1), (clean**2).mean(1), rtol=0.03)
     raw, fixed = fit_t2(noisy, TE_MS, offset_fraction=0.0), fit_t2(floor_free, TE_MS,

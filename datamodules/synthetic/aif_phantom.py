@@ -54,6 +54,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.signal import lfilter
 
+from datamodules.synthetic.rician_noise import add_rician_noise
 from exports.atomic_file import atomic_write
 
 RO = 64
@@ -301,15 +302,6 @@ def _coil(an: dict, e1: int, body: np.ndarray) -> np.ndarray:
     return (coil / coil[body].mean()).astype(np.float32)
 
 
-def _rician(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
-    """|img + sigma * (n1 + i n2)| with a Gaussian pair by Box-Muller (faster than two normals)."""
-    uni = rng.random((2, *img.shape), dtype=np.float32)
-    radius = np.float32(sigma) * np.sqrt(-2 * np.log1p(-uni[0]))
-    angle = np.float32(2 * np.pi) * uni[1]
-    real, imag = img + radius * np.cos(angle), radius * np.sin(angle)
-    return np.sqrt(real * real + imag * imag)
-
-
 def _simulate(rng: np.random.Generator, an: dict, stress: bool) -> AIFScan:
     """One scan of a patient (anatomy ``an``): draws bolus, timing, motion, signal and noise."""
     an = dict(an)
@@ -384,7 +376,7 @@ def _simulate(rng: np.random.Generator, an: dict, stress: bool) -> AIFScan:
         "rv_area_px": int((mask == 2).sum()),
     }
     return AIFScan(
-        series=_rician(rng, img, sigma),
+        series=add_rician_noise(rng, img, sigma),
         times_s=times.astype(np.float32),
         mask=mask,
         n_pd_frames=n_pd,

@@ -78,6 +78,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.synthetic.rician_noise import add_rician_noise
 from exports.atomic_file import atomic_write
 
 MODALITIES = ("t1_native", "t2", "post_contrast")
@@ -504,15 +505,6 @@ def _rigid_grid(shape, center_rc, shift_rc: np.ndarray, rot_deg: np.ndarray) -> 
     return torch.from_numpy(grid - np.float32(1))
 
 
-def _rician(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
-    """|img + sigma (n1 + i n2)| with Gaussian pairs by Box-Muller (float32)."""
-    uni = rng.random((2, *img.shape), dtype=np.float32)
-    radius = np.float32(sigma) * np.sqrt(-2 * np.log1p(-uni[0]))
-    angle = np.float32(2 * np.pi) * uni[1]
-    real, imag = img + radius * np.cos(angle), radius * np.sin(angle)
-    return np.sqrt(real * real + imag * imag)
-
-
 def _acquire(
     pt: dict,
     geo: dict,
@@ -574,7 +566,7 @@ def _acquire(
     img *= coil
     snr = float(np.exp(rng.uniform(*np.log(snr_range))))
     sigma = float(amp[MYO]) / snr
-    images = _rician(rng, img, sigma) if noise else img.astype(np.float32)
+    images = add_rician_noise(rng, img, sigma) if noise else img.astype(np.float32)
     masks = (myo_frac >= 0.5).astype(np.uint8)
 
     # truth in image-0 geometry: the main non-myocardial tissue, myocardium where label == 1

@@ -30,7 +30,7 @@ def _aif_cases(cfg: DictConfig) -> tuple[Path, list[str], dict[str, str]]:
     """The data file, the case ids to evaluate and each case's patient (from the data config)."""
     import h5py
 
-    from datamodules.aif_hdf5 import scan_aif_file
+    from formats.aif_contract import scan_aif_file
 
     datamodule = hydra.utils.instantiate(cfg.data)
     if cfg.split == "all":
@@ -137,8 +137,8 @@ def _evaluate_mapping(cfg: DictConfig, out_dir: Path) -> dict:
     """task=mapping: automated vs reference T2/ECV maps (SPEC B4), report in ``out_dir``."""
     from evaluation.mapping_evaluation import QUANTITIES, evaluate_mapping_cases
     from evaluation.mapping_report import write_mapping_report
-    from exports.artifact import load_artifact
     from exports.mapping_pipeline import MYOCARDIUM_TASK, MyocardiumSegmenter
+    from formats.artifact import load_artifact
 
     start = time.perf_counter()
     spec = cfg.evaluation

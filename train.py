@@ -19,6 +19,7 @@ import pytorch_lightning as pl  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from formats.cpu_info import training_precision  # noqa: E402
 from sweeps.run_summary import write_run_record  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,18 @@ def _test_summary(metrics: dict[str, float]) -> str:
     return text
 
 
+def resolve_precision(cfg: DictConfig) -> str:
+    """Settle ``trainer.precision`` for this host (``auto``: bf16 autocast only where the CPU has
+    native bf16, see ``formats.cpu_info``), write it into ``cfg`` and log why."""
+    cfg.trainer.precision, reason = training_precision(str(cfg.trainer.precision))
+    if cfg.trainer.get("accelerator") == "cpu":
+        log.info(reason)
+    return cfg.trainer.precision
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as configured; returns the final logged metrics as floats."""
+    resolve_precision(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)

@@ -75,7 +75,7 @@ TORCH_IMPORT = "import torch\ntorch.set_num_threads({threads})\ntorch.set_num_in
 
 VARIANTS = {
     "torchscript": (
-        TORCH_IMPORT + "\nfrom exports.artifact import load_artifact",
+        TORCH_IMPORT + "\nfrom formats.artifact import load_artifact",
         "model = load_artifact(sys.argv[1])\nrun = model.probabilities",
     ),
     "eager": (

@@ -6,9 +6,11 @@ the composed config (any Hydra override may follow the options)::
     python benchmarks/train_throughput.py --steps 10 model=resunet2cs data.num_workers=1
     python benchmarks/train_throughput.py --steps 50 data.batch_size=256 data.num_workers=12  # GPU
 
-On a CUDA device it also measures bf16 with channels_last (NHWC) weights and batches, as
-``trainer=gpu`` trains; ``--channels-last`` adds that variant on CPU. The issue's goal is >= 2,000
-samples/s for the default 3CS model on one H100 with the loader never the bottleneck.
+The first line names the CPU (``formats.cpu_info``). On a CPU, bf16 autocast is measured only
+where the CPU has native bf16, by the same rule as ``trainer.precision=auto`` (``--bf16`` measures
+the emulated one too); ``--channels-last`` adds channels_last (NHWC) variants. On a CUDA device it
+measures fp32, bf16 and bf16 with channels_last, as ``trainer=gpu`` trains. The issue's goal is
+>= 2,000 samples/s for the default 3CS model on one H100 with the loader never the bottleneck.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from formats.cpu_info import CPUInfo, host_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
@@ -38,10 +42,29 @@ class Variant(NamedTuple):
     channels_last: bool
 
 
-def measurement_plan(device: torch.device, channels_last_on_cpu: bool = False) -> list[Variant]:
-    """Variants measured on ``device``: fp32 and bf16, plus bf16 + channels_last on CUDA."""
-    plan = [Variant("fp32", False, False), Variant("bf16 autocast", True, False)]
-    if device.type == "cuda" or channels_last_on_cpu:
+def measurement_plan(
+    device: torch.device,
+    cpu: CPUInfo,
+    channels_last_on_cpu: bool = False,
+    emulated_bf16: bool = False,
+) -> list[Variant]:
+    """Variants measured on ``device``: fp32; bf16 on CUDA and on CPUs with native bf16 (or with
+    ``emulated_bf16``); bf16 + channels_last on CUDA; channels_last on CPU when asked.
+
+    Example:
+        >>> zen3 = CPUInfo("AMD EPYC", "AVX2", frozenset())
+        >>> plan = measurement_plan(torch.device("cpu"), zen3, channels_last_on_cpu=True)
+        >>> [v.label for v in plan]
+        ['fp32', 'fp32 channels_last']
+    """
+    cuda = device.type == "cuda"
+    bf16 = cuda or cpu.native_bf16 or emulated_bf16
+    plan = [Variant("fp32", False, False)]
+    if channels_last_on_cpu and not cuda:
+        plan.append(Variant("fp32 channels_last", False, True))
+    if bf16:
+        plan.append(Variant("bf16 autocast", True, False))
+    if bf16 and (cuda or channels_last_on_cpu):
         plan.append(Variant("bf16 channels_last", True, True))
     return plan
 
@@ -118,6 +141,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
     parser.add_argument(
         "--channels-last", action="store_true", help="also measure channels_last on CPU"
     )
+    parser.add_argument(
+        "--bf16", action="store_true", help="measure bf16 autocast on CPU even where it is emulated"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resunet2cs")
     args = parser.parse_args(argv)
 
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
     model = instantiate(cfg.model)
     params = sum(p.numel() for p in model.parameters())
 
+    cpu = host_cpu()
+    print(f"CPU: {cpu.describe()}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} {name} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print(
@@ -142,12 +170,14 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
     results = [("DataLoader only", loader_rate)]
     print(f"{'DataLoader only':27s}: {loader_rate:8.1f} samples/s")
     batch = next(iter(loader))
-    for variant in measurement_plan(device, args.channels_last):
+    for variant in measurement_plan(device, cpu, args.channels_last, args.bf16):
         rate = train_throughput(
             model, batch, args.steps, args.warmup, variant.bf16, device, variant.channels_last
         )
         results.append((f"training {variant.label}", rate))
         verdict = "loader-bound" if loader_rate < rate else "compute-bound"
+        if variant.bf16 and device.type == "cpu" and not cpu.native_bf16:
+            verdict += ", bf16 emulated"
         print(f"training {variant.label:18s}: {rate:8.1f} samples/s  ({verdict})")
     if device.type == "cuda":
         best = max(rate for _, rate in results[1:])

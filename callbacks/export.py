@@ -48,16 +48,17 @@ from torch import nn
 
 from callbacks.int8_quantization import BACKEND as INT8_BACKEND
 from callbacks.int8_quantization import quantize_int8, quiet_quantization_deprecation
-from exports.artifact import (
+from formats.artifact import (
     FORMAT,
     METADATA_NAME,
-    THRESHOLD_RULE,
     load_artifact,
     quiet_torchscript_deprecation,
     weights_sha256,
 )
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
+from formats.cpu_info import NATIVE_BF16, host_cpu, training_precision
 from quantification.aif_preprocessing import AIFPreprocessing
+from quantification.lv_mask import THRESHOLD_RULE
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,15 @@ def _save_bytes(module: torch.jit.ScriptModule, extra: dict[str, str] | None = N
     return buffer.getvalue()
 
 
+def cpu_requirements(precision: str, int8_reduce_range: bool) -> list[str]:
+    """CPU features a model of this precision needs to run as exported (``formats.cpu_info``).
+
+    bf16 needs native bf16 (elsewhere oneDNN emulates it, many times slower than fp32); fp32
+    and int8 run everywhere.
+    """
+    return [NATIVE_BF16] if precision == "bf16" else []
+
+
 def export_artifact(
     net: nn.Module,
     n_classes: int,
@@ -219,6 +229,12 @@ def export_artifact(
         }
     else:
         bf16 = precision == "bf16"
+        if bf16 and not host_cpu().native_bf16:
+            log.warning(
+                "Exporting a bf16 model on %s: it loads only on CPUs with native bf16, and its "
+                "parity check runs emulated here (slow)",
+                host_cpu().describe(),
+            )
         model = ProbabilityModel(copy.deepcopy(fp32_net), n_classes, bf16, output).eval()
     batch = batch.float().cpu().contiguous()
     with torch.inference_mode():
@@ -256,12 +272,16 @@ def export_artifact(
         "precision": precision,
         "quantization": quantization,
         "fp32_max_abs_diff": fp32_diff,
+        "cpu_requirements": cpu_requirements(precision, int8_reduce_range),
+        "exporting_cpu": host_cpu().as_metadata(),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     data = _save_bytes(scripted, {METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
-        artifact = load_artifact(tmp)  # the runtime's loader: hash and metadata verified
+        # the runtime's loader (hash and metadata verified); the exporting host may lack a CPU
+        # feature the model needs on the scanner (bf16), and parity is checked here all the same
+        artifact = load_artifact(tmp, check_cpu=False)
         diff = _max_abs_diff(artifact.probabilities(batch), reference)
         _check_parity(diff, atol, f"The reloaded artifact {path}")
     for extra in copies:
@@ -555,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision:
         cfg.export.precision = args.precision
     exporter: ModelExport = hydra.utils.instantiate(cfg.export)
+    cfg.trainer.precision, reason = training_precision(str(cfg.trainer.precision))
+    log.info(reason)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=[exporter], logger=False, enable_checkpointing=False
     )

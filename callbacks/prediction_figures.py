@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from exports.atomic_file import atomic_write  # noqa: E402
+from formats.atomic_file import atomic_write  # noqa: E402
 from lightning_modules.segmentation_module import LV, RV, dice_per_case  # noqa: E402
 from quantification.lv_mask import masks_from_probabilities  # noqa: E402
 

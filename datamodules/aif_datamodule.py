@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from datamodules.aif_hdf5 import AIFHDF5Dataset, scan_aif_file
+from datamodules.aif_dataset import AIFHDF5Dataset
 from datamodules.loaders import SplitDataModule
 from datamodules.patient_split import (
     kfold_split_by_patient,
@@ -23,6 +23,7 @@ from datamodules.patient_split import (
 )
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
 from datamodules.transforms import RandomFlip
+from formats.aif_contract import scan_aif_file
 from quantification.aif_preprocessing import AIFPreprocessing
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ post_contrast``, SPEC B1/B3).
 
 Every weighted image of every slice is a sample: image -> myocardium mask. With ``path`` set it
 reads that HDF5 file (the mapping contract of DESIGN.md, checked by
-:mod:`datamodules.mapping_hdf5`). With ``path: null`` it generates the synthetic phantom files
+:mod:`formats.mapping_contract`). With ``path: null`` it generates the synthetic phantom files
 (seeded; the three modalities at once, same patients) and caches them under ``data_dir``, named
 by their settings. Splits are by patient; the split used is written to ``split_out``.
 """
@@ -20,19 +20,19 @@ import torch
 
 from datamodules.lazy_hdf5 import LazyHDF5Dataset
 from datamodules.loaders import SplitDataModule
-from datamodules.mapping_hdf5 import (
-    MODALITIES,
-    MappingSliceInfo,
-    open_mapping_file,
-    read_mapping_image,
-    scan_mapping_file,
-)
 from datamodules.mapping_transforms import RandomTranslateFlipElastic
 from datamodules.patient_split import SUBSETS, read_split, split_by_patient, write_split
 from datamodules.synthetic.mapping_phantom import (
     mapping_phantom_paths,
     mapping_phantoms_current,
     write_mapping_phantoms,
+)
+from formats.mapping_contract import (
+    MODALITIES,
+    MappingSliceInfo,
+    open_mapping_file,
+    read_mapping_image,
+    scan_mapping_file,
 )
 from quantification.image_resize import (
     NETWORK_SIZE,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 SUBSETS = ("train", "val", "test")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from datamodules.aif_hdf5 import AIFCase, AIFContractError, read_aif_case
 from evaluation.detection_outcome import detection_outcome
 from evaluation.predictors import AIFPredictor
+from formats.aif_contract import AIFCase, AIFContractError, read_aif_case
 from quantification.aif_curve import aif_curve, aif_features
 from quantification.aif_preprocessing import (
     AIFPreprocessing,

@@ -21,7 +21,7 @@ import numpy as np
 from evaluation import published
 from evaluation.aif_evaluation import CaseEvaluation
 from evaluation.detection_outcome import GOOD_DICE, SUCCESS_DICE
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 from quantification.statistics import mean_sd, paired_agreement, paired_t_test
 
 FEATURES = ("foot_s", "peak_s", "valley_s", "first_pass_s", "peak_value", "auc")

@@ -28,7 +28,7 @@ import numpy as np
 
 from evaluation import published
 from evaluation.mapping_evaluation import MappingCaseEvaluation
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 from quantification.aha_segments import patient_success
 from quantification.statistics import diagnostic_accuracy, mean_sd, paired_agreement
 

@@ -1,7 +1,7 @@
 """The networks an AIF evaluation compares: exported artifacts and Lightning checkpoints.
 
 A *predictor* maps preprocessed series to probabilities exactly like
-:meth:`exports.artifact.Artifact.probabilities`, so the evaluation runs every network through the
+:meth:`formats.artifact.Artifact.probabilities`, so the evaluation runs every network through the
 same preprocessing, threshold rule and geometry restoration as the scanner runtime.
 """
 
@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from exports.artifact import load_artifact
+from exports.aif_pipeline import aif_preprocessing_of
+from formats.artifact import load_artifact
 from quantification.aif_preprocessing import AIFPreprocessing
 
 
@@ -53,7 +54,7 @@ def artifact_predictor(path: str | os.PathLike, name: str | None = None) -> Arti
         name=name or str(artifact.metadata.get("model") or Path(path).stem),
         source=str(path),
         n_classes=artifact.n_classes,
-        preprocessing=artifact.preprocessing,
+        preprocessing=aif_preprocessing_of(artifact),
         artifact=artifact,
     )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.aif_evaluation import CaseEvaluation
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 from quantification.lv_mask import LABEL_LV, LABEL_RV
 from quantification.statistics import bland_altman, regression
 

@@ -12,7 +12,7 @@ from exports.aif_pipeline import (
     CaseFailure,
     validate_aif_input,
 )
-from exports.artifact import Artifact, ArtifactError, load_artifact, read_metadata
+from formats.artifact import Artifact, ArtifactError, load_artifact, read_metadata
 
 __all__ = [
     "AIFCase",

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from exports.aif_pipeline import AIFCase, AIFPipeline, AIFResult, CaseFailure
-from exports.artifact import ArtifactError, load_artifact
+from formats.artifact import ArtifactError, load_artifact
 
 
 def read_cases(path: Path) -> Iterator[AIFCase | CaseFailure]:
     """Cases of an AIF contract file, one at a time; a case breaking the contract -> failure."""
     import h5py
 
-    from datamodules.aif_hdf5 import AIFContractError, read_aif_case
+    from formats.aif_contract import AIFContractError, read_aif_case
 
     try:
         h5 = h5py.File(path, "r")
@@ -46,8 +46,8 @@ def read_cases(path: Path) -> Iterator[AIFCase | CaseFailure]:
 
 def run_aif(args: argparse.Namespace) -> int:
     """The ``aif`` subcommand; returns the exit status."""
-    from datamodules.aif_hdf5 import AIFContractError
     from exports.results import write_results
+    from formats.aif_contract import AIFContractError
 
     torch.set_num_threads(args.threads)
     try:

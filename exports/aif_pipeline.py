@@ -31,16 +31,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exports.artifact import Artifact
+from formats.artifact import AIF_TASK, Artifact, ArtifactError
 from quantification.aif_curve import AIFFeatures, aif_curve, aif_features
 from quantification.aif_preprocessing import (
+    AIFPreprocessing,
     PreprocessedAIF,
     coil_sensitivity_map,
     preprocess_aif_series,
     resample_to_grid,
     restore_geometry,
 )
-from quantification.lv_mask import LABEL_LV, LABEL_RV, masks_from_probabilities
+from quantification.lv_mask import (
+    LABEL_LV,
+    LABEL_RV,
+    THRESHOLD_RULE,
+    masks_from_probabilities,
+)
 
 __all__ = [
     "E1_RANGE",
@@ -151,6 +157,24 @@ def validate_aif_input(series: np.ndarray, times_s: np.ndarray, n_pd_frames: int
         raise AIFInputError(f"n_pd_frames must be in [0, T-2={n_t - 2}], got {n_pd_frames}")
 
 
+def aif_preprocessing_of(artifact: Artifact) -> AIFPreprocessing:
+    """The preprocessing an AIF artifact was trained with, after checking that it is an AIF model
+    exported with the threshold rule this runtime implements (``quantification.lv_mask``).
+
+    Raises:
+        ArtifactError: another task, or another threshold rule.
+    """
+    metadata = artifact.metadata
+    if metadata["task"] != AIF_TASK:
+        raise ArtifactError(f"{artifact.path}: task {metadata['task']!r}, expected {AIF_TASK!r}")
+    if metadata["threshold_rule"] != THRESHOLD_RULE:
+        raise ArtifactError(
+            f"{artifact.path}: exported with threshold rule {metadata['threshold_rule']}, but "
+            f"this runtime implements {THRESHOLD_RULE}"
+        )
+    return AIFPreprocessing(**metadata["preprocessing"])
+
+
 class AIFPipeline:
     """The AIF pipeline around one resident artifact; call :meth:`run` once per series.
 
@@ -165,7 +189,7 @@ class AIFPipeline:
 
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
-        self.params = artifact.preprocessing
+        self.params = aif_preprocessing_of(artifact)
 
     def signal_on_grid(
         self, series: np.ndarray, times_s: np.ndarray, n_pd_frames: int

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from exports.aif_pipeline import AIFResult
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 from quantification.lv_mask import LABEL_LV, LABEL_RV
 
 __all__ = ["plot_case"]

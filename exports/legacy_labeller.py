@@ -19,8 +19,8 @@ from pathlib import Path
 
 import h5py
 
-from datamodules.aif_hdf5 import AIFContractError, read_aif_case
-from exports.atomic_file import atomic_write
+from formats.aif_contract import AIFContractError, read_aif_case
+from formats.atomic_file import atomic_write
 from quantification.legacy_aif_detector import LegacyDetectorSettings, detect_lv_legacy
 from quantification.lv_mask import LABEL_LV, LABEL_RV
 

@@ -33,7 +33,7 @@ A case that cannot be read (a slice breaking the contract, no hematocrit for ECV
 as failed with its reason and the other cases are processed. Exit status: 0 all cases read, 1 at
 least one case failed (outputs written), 2 bad arguments or an unusable model/input file.
 
-Files are read with the data-contract reader :mod:`datamodules.mapping_hdf5` (h5py + NumPy);
+Files are read with the data-contract reader :mod:`formats.mapping_contract` (h5py + NumPy);
 h5py (and matplotlib, for figures) are imported here, not by the pipeline.
 """
 
@@ -52,14 +52,6 @@ import h5py
 import numpy as np
 import torch
 
-from datamodules.mapping_hdf5 import (
-    MappingContractError,
-    MappingSlice,
-    open_mapping_file,
-    read_mapping_slice,
-)
-from exports.artifact import ArtifactError, load_artifact
-from exports.atomic_file import atomic_write
 from exports.mapping_pipeline import (
     MYOCARDIUM_TASK,
     Acquisition,
@@ -68,6 +60,14 @@ from exports.mapping_pipeline import (
     MappingSettings,
     MyocardiumSegmenter,
     SliceResult,
+)
+from formats.artifact import ArtifactError, load_artifact
+from formats.atomic_file import atomic_write
+from formats.mapping_contract import (
+    MappingContractError,
+    MappingSlice,
+    open_mapping_file,
+    read_mapping_slice,
 )
 from quantification.aha_segments import patient_success
 
@@ -82,7 +82,7 @@ __all__ = [
 
 
 class MappingInputError(MappingContractError):
-    """A mapping file or case breaks the contract (:mod:`datamodules.mapping_hdf5`) or cannot be
+    """A mapping file or case breaks the contract (:mod:`formats.mapping_contract`) or cannot be
     mapped (no hematocrit, unpaired ECV cases); the message names the file, case and key."""
 
 
@@ -162,7 +162,7 @@ def read_acquisitions(
 ) -> Iterator[tuple[str, dict[str, Any], list[Acquisition] | MappingInputError]]:
     """Per case of a mapping file: (case_id, case attrs, its slices or the contract error).
 
-    Reads with the data-contract reader :mod:`datamodules.mapping_hdf5` (every check of the
+    Reads with the data-contract reader :mod:`formats.mapping_contract` (every check of the
     contract: keys, dtypes, shapes, finite pixels, mask values, attrs ``patient_id``, ``level``,
     ``modality``); a slice whose time vector is not ``time_key`` (``te_ms`` for T2, ``ti_ms``
     for T1) breaks the case too. A case that breaks the contract is yielded with its error

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.atomic_file import atomic_write
 from exports.mapping_pipeline import SliceResult
+from formats.atomic_file import atomic_write
 
 __all__ = ["DISPLAY_RANGE", "plot_slice"]
 

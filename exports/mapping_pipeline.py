@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exports.artifact import Artifact, ArtifactError
+from formats.artifact import MYOCARDIUM_TASK, Artifact, ArtifactError
 from quantification.aha_segments import (
     MIN_VALID_T1_IMAGES,
     MIN_VALID_T2_IMAGES,
@@ -90,7 +90,6 @@ __all__ = [
     "SliceResult",
 ]
 
-MYOCARDIUM_TASK = "myocardium_segmentation"
 """``metadata["task"]`` of the myocardium segmentation artifacts."""
 
 

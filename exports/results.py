@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from exports.aif_pipeline import AIFResult, CaseFailure
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 __all__ = ["case_summary", "write_results"]
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def read_pretrained_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             )
         return state
     if path.suffix == ".ts":
-        from exports.artifact import quiet_torchscript_deprecation
+        from formats.artifact import quiet_torchscript_deprecation
 
         try:
             with quiet_torchscript_deprecation():

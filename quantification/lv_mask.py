@@ -8,6 +8,8 @@ two agree except where blobs touch only diagonally, which 8-connectivity counts 
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from scipy import ndimage
 
@@ -126,3 +128,25 @@ def masks_from_probabilities(prob: np.ndarray, n_classes: int) -> np.ndarray:
     if c == 3:
         labels[largest_component((decided == LABEL_RV) & ~lv)] = LABEL_RV
     return labels
+
+
+def _threshold_rule() -> dict:
+    defaults = inspect.signature(lv_mask_from_probability).parameters
+    return {
+        "start": defaults["start"].default,
+        "step": defaults["step"].default,
+        "stop": defaults["stop"].default,
+        "relative_to": "max of the LV probability over the LV candidates",
+        "connectivity": 8,
+        "lv_candidates": "pixels decided LV: argmax == LV (softmax) or p > 0.5 (sigmoid)",
+        "until": "the mask p > t * max(p) is one connected blob",
+        "fallback": "largest blob at the start threshold",
+        "rv": "largest 8-connected blob of argmax == RV outside the LV mask (3CS)",
+        "implementation": "quantification.lv_mask.masks_from_probabilities",
+    }
+
+
+THRESHOLD_RULE: dict = _threshold_rule()
+"""Post-processing of SPEC A6 as implemented here (read from the code's defaults, so an artifact's
+metadata and the implementation cannot drift). The AIF runtime refuses an artifact exported with
+another rule."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 RECORD_NAME = "metrics.json"
 DEFAULT_METRICS = (

@@ -24,7 +24,7 @@ TINY = [
     "data.val_fraction=0.125",
     "data.test_fraction=0.125",
     "logger=none",
-    "callbacks.rich_progress_bar=null",
+    "callbacks.progress.rich_on_tty=false",
     "trainer.enable_model_summary=false",
 ]
 
@@ -66,7 +66,7 @@ TINY_MYOCARDIUM = [
     "data.val_fraction=0.25",
     "data.test_fraction=0.25",
     "logger=none",
-    "callbacks.rich_progress_bar=null",
+    "callbacks.progress.rich_on_tty=false",
     "trainer.enable_model_summary=false",
 ]
 

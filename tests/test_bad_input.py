@@ -23,8 +23,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 
 from datamodules.aif_datamodule import AIFDataModule
-from datamodules.aif_hdf5 import AIFContractError
 from datamodules.patient_split import read_split
+from formats.aif_contract import AIFContractError
 from tests.conftest import ROOT, TINY, compose_train_config
 from train import train
 

@@ -20,6 +20,7 @@ import torch
 from benchmarks import train_throughput as bench
 from callbacks.channels_last import ChannelsLast
 from datamodules.aif_datamodule import AIFDataModule
+from formats.cpu_info import CPUInfo, host_cpu
 from tests.conftest import ROOT, TINY, compose_train_config
 from train import train
 
@@ -65,21 +66,29 @@ def test_channels_last_callback_trains_the_same_model_on_cpu(tiny_config, tmp_pa
 
 def test_throughput_benchmark_code_paths_on_cpu(data_dir, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert [v.label for v in bench.measurement_plan(cpu)] == ["fp32", "bf16 autocast"]
-    assert bench.measurement_plan(cuda)[-1] == bench.Variant("bf16 channels_last", True, True)
-    assert len(bench.measurement_plan(cpu, channels_last_on_cpu=True)) == 3
+    avx2 = CPUInfo("AMD EPYC", "AVX2", frozenset())
+    zen4 = CPUInfo("AMD EPYC 9B14", "AVX512", frozenset({"avx512_bf16", "avx512_vnni"}))
+    labels = lambda *args: [v.label for v in bench.measurement_plan(*args)]  # noqa: E731
+    assert labels(cpu, avx2) == ["fp32"]  # bf16 is emulated there: not the CPU recipe
+    assert labels(cpu, zen4) == ["fp32", "bf16 autocast"]
+    assert labels(cpu, avx2, False, True) == ["fp32", "bf16 autocast"]  # --bf16
+    assert labels(cuda, avx2)[-1] == "bf16 channels_last"
+    assert len(labels(cpu, zen4, True)) == 4
 
     tiny = [o for o in TINY if o.startswith(("model.", "data."))]
-    argv = ["--steps", "1", "--warmup", "0", "--channels-last", *tiny, f"paths.data_dir={data_dir}"]
+    argv = ["--steps", "1", "--warmup", "0", "--channels-last", "--bf16", *tiny,
+            f"paths.data_dir={data_dir}"]  # fmt: skip
     results = dict(bench.main(argv))
     assert set(results) == {
         "DataLoader only",
         "training fp32",
+        "training fp32 channels_last",
         "training bf16 autocast",
         "training bf16 channels_last",
     }
     assert all(rate > 0 for rate in results.values())
     out = capsys.readouterr().out
+    assert out.startswith(f"CPU: {host_cpu().describe()}\n")  # figures say where they were taken
     assert "device: cpu" in out and "samples/s" in out and "goal" not in out  # goal: GPU only
 
 

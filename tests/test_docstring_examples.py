@@ -15,7 +15,7 @@ MODULES_WITH_EXAMPLES = [
     "datamodules.synthetic.rician_noise",
     "datamodules.mapping_transforms",
     "datamodules.transforms",
-    "exports.atomic_file",
+    "formats.atomic_file",
     "lightning_modules.losses",
     "lightning_modules.networks.resunet",
     "lightning_modules.networks.unet",

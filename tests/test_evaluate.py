@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from callbacks.export import export_artifact
-from datamodules.aif_hdf5 import AIFContractError
 from datamodules.mapping_datamodule import MappingDataModule
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
 from evaluate import evaluate
@@ -33,6 +32,7 @@ from evaluation.mapping_report import (
     table2_markdown,
 )
 from exports.mapping_pipeline import SliceResult
+from formats.aif_contract import AIFContractError
 from lightning_modules.networks.resunet import ResUNet
 from lightning_modules.networks.unet import UNet
 from quantification.aif_preprocessing import AIFPreprocessing

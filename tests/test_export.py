@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.export import ExportParityError, export_artifact
 from callbacks.export import main as export_main
-from exports import load_artifact, read_metadata
-from exports.artifact import METADATA_KEYS, METADATA_NAME
+from exports import ArtifactError, load_artifact, read_metadata
+from formats import cpu_info
+from formats.artifact import METADATA_KEYS, METADATA_NAME
 from lightning_modules.networks.resunet import ResUNet
 from quantification.aif_preprocessing import AIFPreprocessing
 from tests.conftest import TINY, compose_train_config
@@ -162,13 +163,21 @@ def test_onnx_export_is_checked_with_onnxruntime(tmp_path):
     assert np.abs(out - expected).max() <= 1e-5
 
 
-def test_bf16_export_runs_bfloat16_weights_behind_a_float32_interface(tmp_path):
+def test_bf16_export_runs_bfloat16_weights_behind_a_float32_interface(tmp_path, monkeypatch):
     net, batch = ResUNet(**TINY_NET), torch.rand(3, 64, 64, 48)
     with torch.no_grad():  # batch-norm statistics of data, as after training
         net.train()(torch.rand(8, 64, 64, 48))
     net.eval()
     meta = {"preprocessing": asdict(AIFPreprocessing())}
     export_artifact(net, 3, batch, tmp_path / "aif.ts", meta, precision="bf16")
+    # the artifact records what it needs and where it was exported ...
+    assert read_metadata(tmp_path / "aif.ts")["cpu_requirements"] == ["avx512_bf16"]
+    assert read_metadata(tmp_path / "aif.ts")["exporting_cpu"] == cpu_info.host_cpu().as_metadata()
+    # ... and a host without native bf16 refuses to run it emulated, naming the feature
+    monkeypatch.setattr(cpu_info, "host_cpu", lambda: ZEN3)
+    with pytest.raises(ArtifactError, match=r"needs CPU feature\(s\) \['avx512_bf16'\].*AVX2"):
+        load_artifact(tmp_path / "aif.ts")
+    monkeypatch.setattr(cpu_info, "host_cpu", lambda: ZEN4)
     artifact = load_artifact(tmp_path / "aif.ts")
     assert artifact.metadata["precision"] == "bf16"
     out = artifact.probabilities(batch.numpy())
@@ -178,6 +187,19 @@ def test_bf16_export_runs_bfloat16_weights_behind_a_float32_interface(tmp_path):
     assert np.abs(out - bf16).max() <= 1e-5  # the TorchScript model is the eager bf16 model
     # ... and close to, not equal to, float32: bfloat16 keeps 8 bits of mantissa
     assert 0 < artifact.metadata["fp32_max_abs_diff"] < 0.5
+
+
+ZEN3 = cpu_info.probe_cpu(("AMD EPYC 7B13", {"avx2", "fma"}), "AVX2", mkldnn_bf16=False)
+ZEN4 = cpu_info.probe_cpu(("AMD EPYC 9B14", {"avx512_bf16", "avx512_vnni"}), "AVX512", True)
+
+
+def test_fp32_artifacts_need_no_cpu_feature_and_load_anywhere(tmp_path, monkeypatch):
+    net = ResUNet(**TINY_NET).eval()
+    meta = {"preprocessing": asdict(AIFPreprocessing())}
+    export_artifact(net, 3, torch.rand(2, 64, 64, 48), tmp_path / "aif.ts", meta)
+    assert read_metadata(tmp_path / "aif.ts")["cpu_requirements"] == []
+    monkeypatch.setattr(cpu_info, "host_cpu", lambda: ZEN3)
+    assert load_artifact(tmp_path / "aif.ts").metadata["precision"] == "fp32"
 
 
 @pytest.mark.filterwarnings("error::DeprecationWarning")  # jit and quantisation ones are filtered

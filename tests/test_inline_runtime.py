@@ -18,6 +18,7 @@ from callbacks.export import export_artifact
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
 from exports import AIFInputError, AIFPipeline, ArtifactError, load_artifact
 from exports.__main__ import main as cli
+from exports.aif_pipeline import aif_preprocessing_of
 from lightning_modules.networks.resunet import ResUNet
 from quantification.aif_curve import aif_curve
 from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
@@ -66,7 +67,7 @@ def read_case(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, int]:
 def test_load_artifact_keeps_a_ready_model_with_its_preprocessing(artifact_path):
     artifact = load_artifact(artifact_path)
     assert artifact.n_classes == 3 and artifact.input_shape == (64, 64, 48)
-    assert artifact.preprocessing == AIFPreprocessing()
+    assert aif_preprocessing_of(artifact) == AIFPreprocessing()
     out = artifact.probabilities(np.zeros((2, 64, 64, 48), np.float32))
     assert out.shape == (2, 3, 64, 48) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
 

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from datamodules.aif_hdf5 import scan_aif_file
 from datamodules.synthetic.aif_phantom import AIFScan, simulate_aif_scan, write_aif_phantoms
 from evaluation.detection_outcome import FAILURE_REASONS, detection_outcome
 from exports.__main__ import main as cli
+from formats.aif_contract import scan_aif_file
 from quantification.legacy_aif_detector import (
     LegacyDetectorSettings,
     detect_lv_legacy,

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from datamodules.mapping_datamodule import MappingDataModule
-from datamodules.mapping_hdf5 import MappingContractError, open_mapping_file, read_mapping_slice
 from datamodules.mapping_transforms import RandomTranslateFlipElastic
 from datamodules.synthetic.mapping_phantom import GENERATOR_VERSION
+from formats.mapping_contract import MappingContractError, open_mapping_file, read_mapping_slice
 from quantification.image_resize import (
     ResizeGeometry,
     image_to_network,

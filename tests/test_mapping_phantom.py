@@ -10,17 +10,17 @@ import pytest
 from scipy.ndimage import binary_erosion
 from skimage.measure import euler_number, label, regionprops
 
-from datamodules.mapping_hdf5 import (
+from datamodules.synthetic.mapping_phantom import (
+    TE_T2_MS,
+    simulate_mapping_patient,
+    write_mapping_phantoms,
+)
+from formats.mapping_contract import (
     MODALITIES,
     open_mapping_file,
     read_mapping_slice,
     read_mapping_truth,
     scan_mapping_file,
-)
-from datamodules.synthetic.mapping_phantom import (
-    TE_T2_MS,
-    simulate_mapping_patient,
-    write_mapping_phantoms,
 )
 
 

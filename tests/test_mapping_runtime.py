@@ -14,8 +14,8 @@ from torch import nn
 
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
 from exports.__main__ import main
-from exports.artifact import FORMAT, METADATA_KEYS, METADATA_NAME, weights_sha256
 from exports.mapping_pipeline import MYOCARDIUM_TASK
+from formats.artifact import FORMAT, METADATA_KEYS, METADATA_NAME, weights_sha256
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import hydra
 import numpy as np
 import pytest
 
-from exports.artifact import load_artifact
+from formats.artifact import load_artifact
 from tests.conftest import ROOT, compose_train_config
 from tests.test_configs import resolve
 from train import train

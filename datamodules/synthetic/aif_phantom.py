@@ -55,7 +55,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.signal import lfilter
 
 from datamodules.synthetic.rician_noise import add_rician_noise
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 RO = 64
 PIXEL_MM = 360.0 / RO

@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.synthetic.rician_noise import add_rician_noise
-from exports.atomic_file import atomic_write
+from formats.atomic_file import atomic_write
 
 MODALITIES = ("t1_native", "t2", "post_contrast")
 TI_NATIVE_MS = (100.0, 180.0, 260.0, 350.0, 500.0, 700.0, 1000.0, 1400.0, 2000.0, 2700.0, 3500.0)

@@ -9,6 +9,11 @@ One file per modality; top-level groups are cases, their sub-groups are slices::
     attrs on /<case_id>:           patient_id (non-empty str), hematocrit (optional, 0 < Hct < 1)
     attrs on the slice:            level (basal | mid | apical),
                                    modality (t1_native | t2 | post_contrast)
+    optional on the slice:         sequence attr (stone | molli | shmolli | sasha | look_locker |
+                                   t2prep); reference_t1_ms | reference_t2_ms float [H, W] (the
+                                   scanner's own map, never a weighted image); geometry and
+                                   provenance attrs (:data:`GEOMETRY_ATTRS`), sop_instance_uids
+                                   (str [N], the source image of each weighted image)
 
 A slice holds exactly one of ``ti_ms`` (modalities ``t1_native``, ``post_contrast``) and ``te_ms``
 (``t2``): float32 or float64, finite, >= 0 and strictly increasing. Extra datasets, groups and
@@ -27,9 +32,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from formats.contract_errors import ContractError, is_real, located, plain
+
 __all__ = [
     "LEVELS",
     "MODALITIES",
+    "GEOMETRY_ATTRS",
+    "REFERENCE_KEYS",
+    "SEQUENCES",
     "TIME_KEY",
     "MappingContractError",
     "MappingSlice",
@@ -39,6 +49,8 @@ __all__ = [
     "read_mapping_slice",
     "read_mapping_truth",
     "scan_mapping_file",
+    "write_mapping_case",
+    "write_mapping_slice",
 ]
 
 MODALITIES = ("t1_native", "t2", "post_contrast")
@@ -46,9 +58,22 @@ LEVELS = ("basal", "mid", "apical")
 TIME_KEY = {"t1_native": "ti_ms", "post_contrast": "ti_ms", "t2": "te_ms"}
 MASK_VALUES = (0, 1)
 MIN_IMAGES = 2
+SEQUENCES = ("stone", "molli", "shmolli", "sasha", "look_locker", "t2prep")
+"""Values of the optional slice attr ``sequence`` (how the weighted images were prepared)."""
+REFERENCE_KEYS = {"t1_native": "reference_t1_ms", "post_contrast": "reference_t1_ms",
+                  "t2": "reference_t2_ms"}  # fmt: skip
+"""The optional dataset holding the scanner's own map of a slice, per modality."""
+GEOMETRY_ATTRS = {
+    "image_position_patient": 3,  # mm, DICOM patient coordinates of the first pixel's centre
+    "image_orientation_patient": 6,  # row and column direction cosines
+    "pixel_spacing_mm": 2,  # row spacing (between rows), column spacing, mm
+    "slice_location_mm": 1,  # position along the slice normal, mm
+    "field_strength_T": 1,
+}
+"""Optional numeric slice attrs (name: number of values) kept from DICOM or MRD."""
 
 
-class MappingContractError(ValueError):
+class MappingContractError(ContractError):
     """A mapping file breaks the data contract; the message names file, case, slice, key,
     expected and found."""
 
@@ -61,13 +86,7 @@ def _error(
     expected: str,
     found: str,
 ) -> MappingContractError:
-    where = f"{path}"
-    if case_id is not None:
-        where += f": case {case_id!r}"
-    if slice_id is not None:
-        where += f", slice {slice_id!r}"
-    if key is not None:
-        where += f", key {key!r}"
+    where = located(path, case_id, slice_id, key)
     return MappingContractError(f"{where}: expected {expected}; found {found}")
 
 
@@ -113,31 +132,18 @@ class MappingSlice:
         info: its :class:`MappingSliceInfo`.
         images: float32 [N, H, W], finite.
         masks: uint8 [N, H, W] with values in {0, 1}, or None.
+        reference_ms: float32 [H, W] the scanner's own T1 or T2 map (ms), or None.
     """
 
     info: MappingSliceInfo
     images: np.ndarray
     masks: np.ndarray | None
+    reference_ms: np.ndarray | None = None
 
     @property
     def times_ms(self) -> np.ndarray:
         """float64 [N] inversion (T1) or T2-prep echo (T2) times, ms."""
         return self.info.times_ms
-
-
-def _plain(value: Any) -> Any:
-    """HDF5 attr value -> plain Python (bytes decoded, NumPy scalars unwrapped)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
 
 
 def _check_case_attrs(group: h5py.Group, path: Any, case_id: str) -> tuple[str, float | None, dict]:
@@ -147,14 +153,14 @@ def _check_case_attrs(group: h5py.Group, path: Any, case_id: str) -> tuple[str, 
         raise _error(
             path, case_id, None, "patient_id", "attr patient_id (str)", "nothing (missing)"
         )
-    if not isinstance(patient_id, str | bytes) or not str(_plain(patient_id)).strip():
-        raise _error(path, case_id, None, "patient_id", "a non-empty str", repr(_plain(patient_id)))
+    if not isinstance(patient_id, str | bytes) or not str(plain(patient_id)).strip():
+        raise _error(path, case_id, None, "patient_id", "a non-empty str", repr(plain(patient_id)))
     hct = raw.get("hematocrit")
-    if hct is not None and not (_is_real(hct) and 0 < float(hct) < 1):
+    if hct is not None and not (is_real(hct) and 0 < float(hct) < 1):
         raise _error(
-            path, case_id, None, "hematocrit", "a number in (0, 1) (fraction)", repr(_plain(hct))
+            path, case_id, None, "hematocrit", "a number in (0, 1) (fraction)", repr(plain(hct))
         )
-    attrs = {k: _plain(v) for k, v in raw.items()}
+    attrs = {k: plain(v) for k, v in raw.items()}
     return str(attrs["patient_id"]), (None if hct is None else float(hct)), attrs
 
 
@@ -199,13 +205,13 @@ def _check_slice(
             raise err("masks", "dtype uint8", f"dtype {masks.dtype}")
 
     raw = dict(group.attrs)
-    found_modality = _plain(raw.get("modality"))
+    found_modality = plain(raw.get("modality"))
     if found_modality not in MODALITIES:
         found = "nothing (missing)" if found_modality is None else repr(found_modality)
         raise err("modality", f"attr modality, one of {MODALITIES}", found)
     if modality is not None and found_modality != modality:
         raise err("modality", f"modality {modality!r} (the data set read)", repr(found_modality))
-    level = _plain(raw.get("level"))
+    level = plain(raw.get("level"))
     if level not in LEVELS:
         found = "nothing (missing)" if level is None else repr(level)
         raise err("level", f"attr level, one of {LEVELS}", found)
@@ -232,6 +238,7 @@ def _check_slice(
             "strictly increasing times",
             f"{time_key}[{i}]={times_ms[i]:g} then {time_key}[{i + 1}]={times_ms[i + 1]:g}",
         )
+    _check_optional(group, raw, err, found_modality, images.shape)
     patient_id, hct, case_attrs = case
     return MappingSliceInfo(
         case_id=case_id,
@@ -245,9 +252,40 @@ def _check_slice(
         times_ms=times_ms,
         has_masks=masks is not None,
         hematocrit=hct,
-        attrs={k: _plain(v) for k, v in raw.items()},
+        attrs={k: plain(v) for k, v in raw.items()},
         case_attrs=case_attrs,
     )
+
+
+def _check_optional(
+    group: h5py.Group, raw: dict, err: Any, modality: str, shape: tuple[int, int, int]
+) -> None:
+    """The optional slice attrs and the reference map, when present."""
+    sequence = plain(raw.get("sequence"))
+    if sequence is not None and sequence not in SEQUENCES:
+        raise err("sequence", f"one of {SEQUENCES} (or no attr when unknown)", repr(sequence))
+    for key, size in GEOMETRY_ATTRS.items():
+        if key in raw:
+            values = np.atleast_1d(np.asarray(raw[key]))
+            if values.shape != (size,) or values.dtype.kind not in "iuf":
+                raise err(key, f"{size} number(s)", repr(plain(raw[key])))
+            if not np.isfinite(values).all() or (key.endswith(("_mm", "_T")) and
+                                                   key != "slice_location_mm" and
+                                                   (values <= 0).any()):  # fmt: skip
+                raise err(key, "finite (and positive) values", repr(plain(raw[key])))
+    if "sop_instance_uids" in raw:
+        uids = plain(raw["sop_instance_uids"])
+        if not isinstance(uids, list) or len(uids) != shape[0]:
+            raise err("sop_instance_uids", f"{shape[0]} UIDs (one per image)", repr(uids)[:80])
+    reference = REFERENCE_KEYS[modality]
+    wrong = set(REFERENCE_KEYS.values()) - {reference}
+    for key in wrong & set(group):
+        raise err(key, f"only {reference!r} for modality {modality!r}", f"{key!r} present")
+    if reference in group:
+        ref = group[reference]
+        if not isinstance(ref, h5py.Dataset) or ref.shape != shape[1:] or ref.dtype.kind != "f":
+            found = f"{getattr(ref, 'shape', None)} {getattr(ref, 'dtype', type(ref).__name__)}"
+            raise err(reference, f"float [{shape[1]}, {shape[2]}] (the scanner's map, ms)", found)
 
 
 def open_mapping_file(path: str | os.PathLike) -> h5py.File:
@@ -380,10 +418,13 @@ def read_mapping_slice(
         images = np.asarray(group["images"][()], dtype=np.float32)
         key = "masks"
         masks = np.asarray(group["masks"][()]) if info.has_masks else None
+        key = REFERENCE_KEYS[info.modality]
+        reference = group.get(key)
+        reference = None if reference is None else np.asarray(reference[()], dtype=np.float32)
     except OSError as exc:
         raise _error(path_for_errors, case_id, slice_id, key, "readable data", f"{exc}") from exc
     _check_pixels(path_for_errors, info, images, masks, "")
-    return MappingSlice(info=info, images=images, masks=masks)
+    return MappingSlice(info=info, images=images, masks=masks, reference_ms=reference)
 
 
 def read_mapping_image(
@@ -434,3 +475,61 @@ def read_mapping_truth(h5: h5py.File, case_id: str, slice_id: str) -> dict[str, 
     if not isinstance(group, h5py.Group):
         return {}
     return {k: np.asarray(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
+
+
+def write_mapping_case(
+    h5: h5py.File, case_id: str, patient_id: str, hematocrit: float | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> h5py.Group:  # fmt: skip
+    """Create a case group with its attrs (``None`` values skipped); slices go in with
+    :func:`write_mapping_slice`."""
+    group = h5.create_group(case_id)
+    group.attrs["patient_id"] = str(patient_id)
+    for key, value in {"hematocrit": hematocrit, **(attrs or {})}.items():
+        if value is not None:
+            group.attrs[key] = value
+    _check_case_attrs(group, h5.filename, case_id)
+    return group
+
+
+def write_mapping_slice(
+    case: h5py.Group,
+    slice_id: str,
+    images: np.ndarray,
+    times_ms: np.ndarray,
+    modality: str,
+    level: str,
+    masks: np.ndarray | None = None,
+    reference_ms: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> MappingSliceInfo:
+    """Write one slice in the contract's dtypes and check it as a reader would.
+
+    Args:
+        case: the case group (:func:`write_mapping_case`).
+        slice_id: new group name.
+        images: [N, H, W] weighted images (stored float32), in the order of ``times_ms``.
+        times_ms: [N] inversion / saturation times (T1 modalities) or T2-prep times (T2), ms.
+        modality: one of :data:`MODALITIES`; level: one of :data:`LEVELS`.
+        masks: optional [N, H, W] myocardium labels 0/1 (stored uint8, lzf-compressed).
+        reference_ms: optional [H, W] scanner map (stored as ``reference_t1_ms`` or
+            ``reference_t2_ms``).
+        attrs: further slice attrs (``sequence``, geometry, provenance); ``None`` values skipped.
+
+    Raises:
+        MappingContractError: the written slice breaks the contract.
+    """
+    group = case.create_group(slice_id)
+    images = np.asarray(images, dtype=np.float32)
+    group.create_dataset("images", data=images)
+    group.create_dataset(TIME_KEY.get(modality, "ti_ms"), data=np.asarray(times_ms, np.float64))
+    if masks is not None:
+        group.create_dataset("masks", data=np.asarray(masks, dtype=np.uint8), compression="lzf")
+    if reference_ms is not None and modality in REFERENCE_KEYS:
+        group.create_dataset(REFERENCE_KEYS[modality], data=np.asarray(reference_ms, np.float32))
+    for key, value in {"modality": modality, "level": level, **(attrs or {})}.items():
+        if value is not None:
+            group.attrs[key] = value
+    path, case_id = case.file.filename, case.name.strip("/")
+    return _check_slice(group, path, case_id, slice_id, _check_case_attrs(case, path, case_id),
+                        None, False)  # fmt: skip

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.aif_hdf5 import (
+from datamodules.aif_dataset import AIFHDF5Dataset
+from formats.aif_contract import (
     AIFContractError,
-    AIFHDF5Dataset,
     read_aif_case,
     scan_aif_file,
+    write_aif_case,
 )
 
 
@@ -259,3 +260,25 @@ def test_dataset_in_dataloader_with_workers(aif_file):
             torch.testing.assert_close(batch["mask"][k], expected[case_id]["mask"])
             seen.append(case_id)
     assert seen == ids
+
+
+def test_write_aif_case_stores_the_contract_dtypes_and_checks_what_it_wrote(tmp_path):
+    path = tmp_path / "written.h5"
+    series = np.random.default_rng(0).random((12, 8, 6))  # float64 in, float32 stored
+    with h5py.File(path, "w") as h5:
+        info = write_aif_case(
+            h5,
+            "c0",
+            series,
+            np.arange(12) * 0.9,
+            2,
+            "P1",
+            mask=np.ones((8, 6)),
+            attrs={"site": "A"},
+        )
+        assert (info.n_frames, info.shape, info.has_mask) == (12, (8, 6), True)
+        with pytest.raises(AIFContractError, match=r"case 'bad', key 'times_s'.*increasing"):
+            write_aif_case(h5, "bad", series, np.zeros(12), 0, "P2")
+    case = read_aif_case(h5py.File(path), "c0", path)
+    assert case.series.dtype == np.float32 and case.mask.dtype == np.uint8
+    assert case.attrs["site"] == "A" and case.n_pd_frames == 2

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from datamodules.mapping_hdf5 import (
+from formats.mapping_contract import (
     MappingContractError,
     open_mapping_file,
     read_mapping_image,

@@ -25,39 +25,30 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
-from datamodules.lazy_hdf5 import LazyHDF5Dataset
-from quantification.aif_preprocessing import (
-    AIFPreprocessing,
-    preprocess_aif_series,
-    preprocess_mask,
-)
+from formats.contract_errors import ContractError, is_int, is_real, located, plain
 
 __all__ = [
     "AIFCase",
     "AIFCaseInfo",
     "AIFContractError",
-    "AIFHDF5Dataset",
+    "open_aif_file",
     "read_aif_case",
     "scan_aif_file",
+    "write_aif_case",
 ]
 
 MASK_VALUES = (0, 1, 2)
 
 
-class AIFContractError(ValueError):
+class AIFContractError(ContractError):
     """An AIF file breaks the data contract; the message names file, case, key, expected, found."""
 
 
 def _error(
     path: Any, case_id: str | None, key: str | None, expected: str, found: str
 ) -> AIFContractError:
-    where = f"{path}"
-    if case_id is not None:
-        where += f": case {case_id!r}"
-    if key is not None:
-        where += f", key {key!r}"
+    where = located(path, case_id, key=key)
     return AIFContractError(f"{where}: expected {expected}; found {found}")
 
 
@@ -103,23 +94,6 @@ class AIFCase:
     n_pd_frames: int
     mask: np.ndarray | None
     attrs: dict
-
-
-def _plain(value: Any) -> Any:
-    """HDF5 attr value -> plain Python (bytes decoded, NumPy scalars unwrapped)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float | np.floating)
 
 
 def _dataset(
@@ -176,31 +150,29 @@ def _check_case(
     patient_id = raw.get("patient_id")
     if patient_id is None:
         raise _error(path, case_id, "patient_id", "attr patient_id (str)", "nothing (missing)")
-    if not isinstance(patient_id, str | bytes) or not _plain(patient_id).strip():
-        raise _error(path, case_id, "patient_id", "a non-empty str", repr(_plain(patient_id)))
+    if not isinstance(patient_id, str | bytes) or not plain(patient_id).strip():
+        raise _error(path, case_id, "patient_id", "a non-empty str", repr(plain(patient_id)))
     n_pd = raw.get("n_pd_frames")
     if n_pd is None:
         raise _error(path, case_id, "n_pd_frames", "attr n_pd_frames (int)", "nothing (missing)")
-    if not _is_int(n_pd) or not 0 <= int(n_pd) <= n_t - 2:
+    if not is_int(n_pd) or not 0 <= int(n_pd) <= n_t - 2:
         raise _error(
             path,
             case_id,
             "n_pd_frames",
             f"an int in [0, T-2={n_t - 2}] (at least 2 SR frames)",
-            f"{_plain(n_pd)!r} ({type(n_pd).__name__})",
+            f"{plain(n_pd)!r} ({type(n_pd).__name__})",
         )
     for key in ("site", "scanner"):
         if key in raw and not isinstance(raw[key], str | bytes):
-            raise _error(path, case_id, key, "a str", f"{_plain(raw[key])!r}")
-    if "field_T" in raw and not (_is_real(raw["field_T"]) and float(raw["field_T"]) > 0):
-        raise _error(
-            path, case_id, "field_T", "a number > 0 (tesla)", f"{_plain(raw['field_T'])!r}"
-        )
+            raise _error(path, case_id, key, "a str", f"{plain(raw[key])!r}")
+    if "field_T" in raw and not (is_real(raw["field_T"]) and float(raw["field_T"]) > 0):
+        raise _error(path, case_id, "field_T", "a number > 0 (tesla)", f"{plain(raw['field_T'])!r}")
     if "stress" in raw:
         stress = raw["stress"]
-        if not (isinstance(stress, bool | np.bool_) or (_is_int(stress) and int(stress) in (0, 1))):
-            raise _error(path, case_id, "stress", "a bool", f"{_plain(stress)!r}")
-    attrs = {k: _plain(v) for k, v in raw.items()}
+        if not (isinstance(stress, bool | np.bool_) or (is_int(stress) and int(stress) in (0, 1))):
+            raise _error(path, case_id, "stress", "a bool", f"{plain(stress)!r}")
+    attrs = {k: plain(v) for k, v in raw.items()}
     if "stress" in attrs:
         attrs["stress"] = bool(attrs["stress"])
     info = AIFCaseInfo(
@@ -214,7 +186,8 @@ def _check_case(
     return info, times_s
 
 
-def _open(path: Any) -> h5py.File:
+def open_aif_file(path: str | os.PathLike) -> h5py.File:
+    """Open an AIF file read-only; a missing or unreadable file is a contract error."""
     if not Path(path).is_file():
         raise _error(path, None, None, "an existing HDF5 file", "no such file")
     try:
@@ -240,7 +213,7 @@ def scan_aif_file(path: str | os.PathLike, require_mask: bool = False) -> list[A
     Raises:
         AIFContractError: missing, unreadable or truncated file, no cases, or any violation.
     """
-    with _open(path) as h5:
+    with open_aif_file(path) as h5:
         infos = []
         case_id = None
         try:
@@ -302,49 +275,43 @@ def read_aif_case(
     )
 
 
-class AIFHDF5Dataset(LazyHDF5Dataset):
-    """Preprocessed AIF cases from one contract file, for a DataLoader.
+def write_aif_case(
+    h5: h5py.File,
+    case_id: str,
+    series: np.ndarray,
+    times_s: np.ndarray,
+    n_pd_frames: int,
+    patient_id: str,
+    mask: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> AIFCaseInfo:
+    """Write one case in the contract's dtypes and check it as a reader would.
 
-    The HDF5 file is opened lazily on the first ``__getitem__`` in each process (reopened when the
-    pid changes) and never in ``__init__``, so ``num_workers > 0`` works; the handle is dropped
-    when pickled. Case ids are not checked here: call :func:`scan_aif_file` first.
+    Args:
+        h5: file open for writing (inside ``formats.atomic_file.atomic_write``).
+        case_id: new group name.
+        series: [T, RO, E1] frames, PD frames first (stored float32).
+        times_s: [T] frame times, seconds (stored float64).
+        n_pd_frames: leading proton-density frames.
+        patient_id: patient identifier (already de-identified where required).
+        mask: optional [RO, E1] labels 0/1/2 (stored uint8).
+        attrs: further case attrs (site, scanner, field_T, stress, provenance); ``None`` values
+            are skipped.
 
-    A sample is ``{"image": float32 [n_frames, ro_size, e1_size], "mask": int64 [ro_size,
-    e1_size], "case_id": str}``; "mask" is present when ``require_mask`` (a case without one then
-    raises :class:`AIFContractError`) or, with ``require_mask=False``, when the case has one.
-    ``transform(sample) -> sample`` is applied last.
+    Returns:
+        The written case's :class:`AIFCaseInfo`.
+
+    Raises:
+        AIFContractError: the written case breaks the contract (named by ``h5.filename``).
     """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        case_ids: list[str],
-        preprocessing: AIFPreprocessing = AIFPreprocessing(),  # noqa: B008 (frozen, immutable)
-        transform: Any = None,
-        require_mask: bool = True,
-    ) -> None:
-        super().__init__(path, _open)
-        self.case_ids = list(case_ids)
-        self.preprocessing = preprocessing
-        self.transform = transform
-        self.require_mask = require_mask
-
-    def __len__(self) -> int:
-        return len(self.case_ids)
-
-    def __getitem__(self, index: int) -> dict:
-        case_id = self.case_ids[index]
-        case = read_aif_case(self.file(), case_id, self.path, require_mask=self.require_mask)
-        try:
-            pre = preprocess_aif_series(
-                case.series, case.times_s, case.n_pd_frames, self.preprocessing
-            )
-        except ValueError as exc:
-            raise _error(self.path, case_id, "series", "a usable series", f"{exc}") from exc
-        sample: dict[str, Any] = {"image": torch.from_numpy(pre.image), "case_id": case_id}
-        if case.mask is not None:
-            mask = preprocess_mask(case.mask, self.preprocessing).astype(np.int64)
-            sample["mask"] = torch.from_numpy(mask)
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample
+    group = h5.create_group(case_id)
+    group.create_dataset("series", data=np.asarray(series, dtype=np.float32))
+    group.create_dataset("times_s", data=np.asarray(times_s, dtype=np.float64))
+    if mask is not None:
+        group.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8))
+    group.attrs["patient_id"] = str(patient_id)
+    group.attrs["n_pd_frames"] = int(n_pd_frames)
+    for key, value in (attrs or {}).items():
+        if value is not None:
+            group.attrs[key] = value
+    return _check_case(group, h5.filename, case_id, require_mask=False)[0]

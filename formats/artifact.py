@@ -15,13 +15,21 @@ id is a random number ``torch.jit.save`` draws anew for every save; everything t
 model's output is covered. :func:`load_artifact` recomputes it and refuses a file whose records were
 changed, and a truncated file (no zip directory, or a record cut short) as well.
 
+Hardware: the metadata records the exporting CPU (``exporting_cpu``) and the CPU features the
+model needs to run as exported (``cpu_requirements``: ``avx512_bf16`` for a bf16 model, which is
+emulated and many times slower elsewhere; see :mod:`formats.cpu_info`). :func:`load_artifact`
+refuses a host that lacks one, naming the feature.
+
+What the model's output means for a task (the AIF threshold rule and preprocessing, the
+myocardium resize recipe) is checked by that task's pipeline in ``exports/``; this module knows
+the file format only.
+
 Imports torch and NumPy only (no Lightning, Hydra or W&B): this is the scanner-side loader.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import mmap
@@ -38,15 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantification.aif_preprocessing import AIFPreprocessing
-from quantification.lv_mask import lv_mask_from_probability
+from formats import cpu_info
 
 __all__ = [
     "AIF_TASK",
     "FORMAT",
     "METADATA_KEYS",
     "METADATA_NAME",
-    "THRESHOLD_RULE",
+    "MYOCARDIUM_TASK",
     "Artifact",
     "ArtifactError",
     "load_artifact",
@@ -57,6 +64,9 @@ __all__ = [
 
 AIF_TASK = "aif_lv_detection"
 """``metadata["task"]`` of the AIF LV detection models."""
+
+MYOCARDIUM_TASK = "myocardium_segmentation"
+"""``metadata["task"]`` of the myocardium segmentation models."""
 
 FORMAT = "inline-cmr/torchscript-artifact/1"
 """Value of ``metadata["format"]``; a loader refuses other formats."""
@@ -84,27 +94,6 @@ METADATA_KEYS = (
 )
 """Keys every artifact's metadata has (values may be ``null`` where noted in the README)."""
 
-
-def _threshold_rule() -> dict[str, Any]:
-    defaults = inspect.signature(lv_mask_from_probability).parameters
-    return {
-        "start": defaults["start"].default,
-        "step": defaults["step"].default,
-        "stop": defaults["stop"].default,
-        "relative_to": "max of the LV probability over the LV candidates",
-        "connectivity": 8,
-        "lv_candidates": "pixels decided LV: argmax == LV (softmax) or p > 0.5 (sigmoid)",
-        "until": "the mask p > t * max(p) is one connected blob",
-        "fallback": "largest blob at the start threshold",
-        "rv": "largest 8-connected blob of argmax == RV outside the LV mask (3CS)",
-        "implementation": "quantification.lv_mask.masks_from_probabilities",
-    }
-
-
-THRESHOLD_RULE: dict[str, Any] = _threshold_rule()
-"""Post-processing of SPEC A6 as implemented by ``quantification.lv_mask`` (read from the code's
-defaults, so metadata and implementation cannot drift). An artifact exported with another rule is
-refused by :func:`load_artifact`."""
 
 # torch 2.13 marks every torch.jit entry point as deprecated ("`torch.jit.script` is deprecated.
 # Please switch to ..."). These are the only warnings silenced, by category and message.
@@ -257,16 +246,6 @@ class Artifact:
     metadata: dict[str, Any]
 
     @property
-    def preprocessing(self) -> AIFPreprocessing:
-        """The AIF preprocessing parameters the model was trained with (AIF artifacts only)."""
-        if self.metadata["task"] != AIF_TASK:
-            raise ArtifactError(
-                f"{self.path}: task {self.metadata['task']!r} has no AIF preprocessing; "
-                f"read metadata['preprocessing'] instead"
-            )
-        return AIFPreprocessing(**self.metadata["preprocessing"])
-
-    @property
     def n_classes(self) -> int:
         """2 (2CS: background/LV, one sigmoid channel) or 3 (3CS: softmax background/LV/RV)."""
         return int(self.metadata["n_classes"])
@@ -315,13 +294,30 @@ def _use_quantized_engine(metadata: dict[str, Any], path: Path) -> None:
     torch.backends.quantized.engine = backend
 
 
-def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> Artifact:
+def _check_cpu(metadata: dict[str, Any], path: Path) -> None:
+    """Refuse a host that lacks a CPU feature the artifact needs (``cpu_requirements``)."""
+    lacking = cpu_info.missing_features(metadata.get("cpu_requirements") or [])
+    if lacking:
+        exported_on = (metadata.get("exporting_cpu") or {}).get("model", "an unrecorded CPU")
+        host = cpu_info.host_cpu().describe()
+        raise ArtifactError(
+            f"{path}: this {metadata.get('precision', '')} model needs CPU feature(s) {lacking} "
+            f"(exported on {exported_on}), which this host lacks: {host}. "
+            "It would run emulated, many times slower; deploy an fp32 or int8 export instead "
+            "(export.precision=fp32 | int8)"
+        )
+
+
+def load_artifact(
+    path: str | os.PathLike, expected_task: str | None = None, check_cpu: bool = True
+) -> Artifact:
     """Read an artifact file, verify it and load its model (once; keep the returned object).
 
     Checks, in order: the file exists and is a readable archive (a truncated file fails here),
     the metadata is complete and in :data:`FORMAT`, the task matches ``expected_task`` when given,
-    an AIF artifact's threshold rule is the one this runtime implements, and the recomputed
-    ``weights_sha256`` equals the stored one (a changed file fails here). Only then does
+    this CPU has the features in ``cpu_requirements`` (unless ``check_cpu=False``: to inspect or
+    re-export a model on another machine), and the recomputed ``weights_sha256`` equals the
+    stored one (a changed file fails here). Only then does
     TorchScript load the model (CPU, eval mode) from the path. The file is memory-mapped and its
     records hashed in place (~20 ms for the 26 MB default model); TorchScript's C++ reader takes
     ~40 ms (reading from an in-memory buffer instead is slower, ~70 ms; hashing in a thread while
@@ -340,11 +336,8 @@ def load_artifact(path: str | os.PathLike, expected_task: str | None = None) -> 
         metadata = _metadata_from_archive(data, path)
         if expected_task is not None and metadata["task"] != expected_task:
             raise ArtifactError(f"{path}: task {metadata['task']!r}, expected {expected_task!r}")
-        if metadata["task"] == AIF_TASK and metadata["threshold_rule"] != THRESHOLD_RULE:
-            raise ArtifactError(
-                f"{path}: exported with threshold rule {metadata['threshold_rule']}, but this "
-                f"runtime implements {THRESHOLD_RULE}"
-            )
+        if check_cpu:
+            _check_cpu(metadata, path)
         actual = weights_sha256(data, path)
     if actual != metadata["weights_sha256"]:
         raise ArtifactError(

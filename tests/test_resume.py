@@ -107,7 +107,7 @@ EXPORT_AND_HANG = textwrap.dedent(
     import callbacks.export as export
     from lightning_modules.networks.resunet import ResUNet
 
-    def hang(path, **options):  # called on the complete temporary file, before it is renamed into place
+    def hang(path, **options):  # called on the complete temporary file, before its rename
         print("WRITTEN", flush=True)
         time.sleep(600)
 

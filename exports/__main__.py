@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,10 +84,9 @@ def run_aif(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    aif = sub.add_parser("aif", help="LV mask, AIF curve and features for every case of a file")
+def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``aif`` subcommand."""
+    aif = subparsers.add_parser("aif", help="LV mask, AIF curve and features for every case")
     aif.add_argument("--model", type=Path, help="exported artifact (.ts); not with --legacy")
     aif.add_argument(
         "--legacy",
@@ -97,19 +97,33 @@ def main(argv: list[str] | None = None) -> int:
     aif.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
     aif.add_argument("--figures", type=Path, help="folder for one PNG per case")
     aif.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    from exports.mapping_cli import add_mapping_parser, run_mapping
+    aif.set_defaults(handler=_run_aif_or_legacy)
+    return aif
 
-    add_mapping_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "mapping":
-        return run_mapping(args)
+
+def _run_aif_or_legacy(args: argparse.Namespace) -> int:
     if args.legacy:
         from exports.legacy_labeller import run_legacy_labeller
 
         return run_legacy_labeller(args)
     if args.model is None:
-        parser.error("aif: --model is required (or --legacy to label with the legacy detector)")
+        print("error: aif: --model is required (or --legacy to label with the legacy "
+              "detector)", file=sys.stderr)  # fmt: skip
+        return 2
     return run_aif(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m exports <subcommand> ...``; each subcommand module registers its own parser
+    (``add_*_parser``) with a ``handler(args) -> exit status``."""
+    from exports.mapping_cli import add_mapping_parser
+
+    parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in (add_aif_parser, add_mapping_parser):
+        register(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

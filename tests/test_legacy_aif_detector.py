@@ -205,8 +205,8 @@ def test_cli_legacy_reports_a_broken_case_and_labels_the_rest(unlabelled, tmp_pa
         assert "P0001_rest" not in out and "mask" in out["P0000_rest"]
 
 
-def test_cli_aif_needs_a_model_or_legacy(unlabelled, tmp_path):
+def test_cli_aif_needs_a_model_or_legacy(unlabelled, tmp_path, capsys):
     path, _ = unlabelled
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["aif", "--input", str(path), "--output", str(tmp_path / "out.h5")])
-    assert exit_info.value.code == 2
+    assert cli(["aif", "--input", str(path), "--output", str(tmp_path / "out.h5")]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5").exists()

@@ -181,26 +181,69 @@ def _evaluate_mapping(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def _legacy_settings(cfg: DictConfig):
+    from quantification.legacy_aif_detector import LegacyDetectorSettings
+
+    legacy_cfg = OmegaConf.to_container(cfg.legacy)
+    return LegacyDetectorSettings(**legacy_cfg) if legacy_cfg.pop("enabled") else None
+
+
+def _evaluate_ood(cfg: DictConfig, out_dir: Path) -> dict:
+    """task=aif_ood: the in-distribution test split, every family of ``ood.families`` and each
+    file of ``ood.files``, one report row each (``evaluation.ood_report``)."""
+    from evaluation.aif_evaluation import LEGACY, evaluate_aif_cases, file_case_ids
+    from evaluation.ood_report import family_file, write_ood_report
+
+    start = time.perf_counter()
+    predictors, legacy = _predictors(cfg), _legacy_settings(cfg)
+    sets: dict[str, tuple[Path, list[str]]] = {}
+    if cfg.ood.include_test_split:
+        path, case_ids, _ = _aif_cases(cfg)
+        sets["in-distribution test split"] = (path, case_ids)
+    for family in cfg.ood.families:
+        path = family_file(cfg.paths.data_dir, family, int(cfg.ood.n_patients), int(cfg.ood.seed))
+        sets[family] = (path, file_case_ids(path))
+    for file in cfg.ood.files or []:
+        sets[Path(file).name] = (Path(file), file_case_ids(file))
+    results = {}
+    for name, (path, case_ids) in sets.items():
+        log.info("%s: %d cases of %s", name, len(case_ids), path)
+        results[name] = evaluate_aif_cases(path, case_ids, predictors, legacy, int(cfg.batch_size))
+    methods = [p.name for p in predictors] + ([LEGACY] if legacy is not None else [])
+    context = {
+        "files": {name: str(path) for name, (path, _) in sets.items()},
+        "sources": {p.name: p.source for p in predictors},
+        "elapsed_s": time.perf_counter() - start,
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    metrics, files = write_ood_report(results, methods, context, out_dir)
+    for family, by_method in metrics["families"].items():
+        for method, s in by_method.items():
+            log.info("%s / %s: LV found %.1f %%, LV Dice %.3f ± %.3f", family, method,
+                     100 * s["detection_rate"], s["lv_dice_mean"], s["lv_dice_sd"])  # fmt: skip
+    log.info("Report: %s (%.1f s)", files["report"], time.perf_counter() - start)
+    return metrics
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Run the configured evaluation; returns the metrics written to ``metrics.json``."""
     torch.set_num_threads(int(cfg.threads))
     out_dir = Path(cfg.paths.output_dir)
     if cfg.task == "mapping":
         return _evaluate_mapping(cfg, out_dir)
+    if cfg.task == "aif_ood":
+        return _evaluate_ood(cfg, out_dir)
     if cfg.task != "aif":
-        raise ValueError(f"task={cfg.task!r}: expected aif or mapping")
+        raise ValueError(f"task={cfg.task!r}: expected aif, aif_ood or mapping")
     if cfg.get("evaluation") and cfg.evaluation.get("exp") is not None:
         raise ValueError(
             f"experiment=exp{cfg.evaluation.exp} is a mapping preset: add task=mapping"
         )
     from evaluation.aif_evaluation import LEGACY, evaluate_aif_cases
     from evaluation.aif_report import write_aif_report
-    from quantification.legacy_aif_detector import LegacyDetectorSettings
 
     start = time.perf_counter()
-    predictors = _predictors(cfg)
-    legacy_cfg = OmegaConf.to_container(cfg.legacy)
-    legacy = LegacyDetectorSettings(**legacy_cfg) if legacy_cfg.pop("enabled") else None
+    predictors, legacy = _predictors(cfg), _legacy_settings(cfg)
     path, case_ids, patients = _aif_cases(cfg)
     log.info("Evaluating %d cases of %s (%s split)", len(case_ids), path, cfg.split)
     cases = evaluate_aif_cases(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from datamodules.aif_augmentation import AIFAugmentation, AIFTrainingTransform
 from datamodules.aif_dataset import AIFHDF5Dataset
 from datamodules.loaders import SplitDataModule
 from datamodules.patient_split import (
@@ -21,8 +22,11 @@ from datamodules.patient_split import (
     split_by_patient,
     write_split,
 )
-from datamodules.synthetic.aif_phantom import write_aif_phantoms
-from datamodules.transforms import RandomFlip
+from datamodules.synthetic.aif_phantom import (
+    GENERATOR_VERSION,
+    phantom_family,
+    write_aif_phantoms,
+)
 from formats.aif_contract import scan_aif_file
 from quantification.aif_preprocessing import AIFPreprocessing
 
@@ -45,7 +49,10 @@ class AIFDataModule(SplitDataModule):
         split_out: where the split actually used is written (the run dir).
         batch_size: training batch size (evaluation uses the same).
         num_workers: DataLoader worker processes (each opens the HDF5 file itself).
-        flip_ro_p, flip_e1_p: probabilities of the training flips along RO and E1.
+        augmentation: keyword arguments of :class:`AIFAugmentation` (training only), or
+            ``None`` for no augmentation at all.
+        phantom_ranges: overrides of ``AIFPhantomRanges`` fields for the synthetic set (or the
+            name of an evaluation family in ``OUT_OF_DISTRIBUTION``, e.g. ``low_snr``).
         preprocessing: keyword arguments of :class:`AIFPreprocessing`.
     """
 
@@ -65,8 +72,8 @@ class AIFDataModule(SplitDataModule):
         split_out: str | None = "split.json",
         batch_size: int = 16,
         num_workers: int = 0,
-        flip_ro_p: float = 0.5,
-        flip_e1_p: float = 0.5,
+        augmentation: dict | None = None,
+        phantom_ranges: dict | str | None = None,
         preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
@@ -87,7 +94,11 @@ class AIFDataModule(SplitDataModule):
         hp = self.hparams
         if hp.path is not None:
             return Path(hp.path)
-        name = f"aif_phantoms_p{hp.n_patients}_s{hp.scans_per_patient}_seed{hp.phantom_seed}.h5"
+        family = phantom_family(hp.phantom_ranges)[0]
+        name = (
+            f"aif_phantoms_v{GENERATOR_VERSION}_{family}_p{hp.n_patients}_"
+            f"s{hp.scans_per_patient}_seed{hp.phantom_seed}.h5"
+        )
         return Path(hp.data_dir) / name
 
     def prepare_data(self) -> None:
@@ -99,6 +110,7 @@ class AIFDataModule(SplitDataModule):
                 n_patients=self.hparams.n_patients,
                 seed=self.hparams.phantom_seed,
                 scans_per_patient=self.hparams.scans_per_patient,
+                ranges=phantom_family(self.hparams.phantom_ranges)[1],
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -119,10 +131,12 @@ class AIFDataModule(SplitDataModule):
             )
         if hp.split_out:
             write_split(hp.split_out, self.split)
-        flip = RandomFlip(hp.flip_ro_p, hp.flip_e1_p)
+        augment = None
+        if hp.augmentation is not None:
+            augment = AIFTrainingTransform(AIFAugmentation(**hp.augmentation))
         self.datasets = {
             name: AIFHDF5Dataset(
-                self.file, ids, self.preprocessing, transform=flip if name == "train" else None
+                self.file, ids, self.preprocessing, transform=augment if name == "train" else None
             )
             for name, ids in self.split.items()
         }

@@ -56,7 +56,7 @@ def run_aif(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pipeline = AIFPipeline(artifact)
+    pipeline = AIFPipeline(artifact, tta=args.tta, fallback=args.fallback)
     outcomes: list[AIFResult | CaseFailure] = []
     start = time.perf_counter()
     try:
@@ -68,7 +68,10 @@ def run_aif(args: argparse.Namespace) -> int:
 
                 signal, _ = pipeline.signal_on_grid(case.series, case.times_s, case.n_pd_frames)
                 plot_case(outcome, signal, args.figures)
-            status = "ok" if isinstance(outcome, AIFResult) else f"FAILED: {outcome.error}"
+            if isinstance(outcome, AIFResult):
+                status = "ok" if outcome.mask_source == "model" else "ok (legacy fallback mask)"
+            else:
+                status = f"FAILED: {outcome.error}"
             print(f"{outcome.case_id}: {status}")
     except AIFContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -97,6 +100,14 @@ def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
     aif.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
     aif.add_argument("--figures", type=Path, help="folder for one PNG per case")
     aif.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    aif.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the series and its flips (4 passes)",
+    )
+    aif.add_argument("--fallback", choices=("legacy",),
+                     help="when the model finds no LV, use the legacy detector's mask "
+                     "(flagged mask_source=legacy in the outputs)")  # fmt: skip
     aif.set_defaults(handler=_run_aif_or_legacy)
     return aif
 

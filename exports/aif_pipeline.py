@@ -21,6 +21,13 @@ For one motion-corrected series float ``[T, RO, E1]`` (PD frames first), its fra
 6. features (``quantification.aif_curve.aif_features``): foot, peak and valley times in seconds
    from the first SR frame, first-pass duration, peak value and AUC (in the AIF's unit).
 
+Options: ``tta=True`` averages the probabilities of the series and its three flips (RO, E1,
+both; test-time augmentation, 4 network passes in one batch). When the model finds no LV, the
+error says why (``quantification.enhancing_pools``: nothing enhances, one pool only, a bolus
+after the window, or pools the model did not recognise); with ``fallback="legacy"`` the legacy
+detector of SPEC A3 is tried instead, and a mask it finds is returned with ``mask_source =
+"legacy"`` so that outputs flag it.
+
 Imports torch, NumPy and SciPy only.
 """
 
@@ -41,6 +48,8 @@ from quantification.aif_preprocessing import (
     resample_to_grid,
     restore_geometry,
 )
+from quantification.enhancing_pools import enhancing_pools, no_lv_reason
+from quantification.legacy_aif_detector import detect_lv_legacy
 from quantification.lv_mask import (
     LABEL_LV,
     LABEL_RV,
@@ -102,6 +111,9 @@ class AIFResult:
             network-input units).
         peak_lv_frame: index into ``grid_s`` of peak mean LV signal.
         peak_rv_frame: index of peak mean RV signal (3CS), else None.
+        mask_source: ``model``, or ``legacy`` when the model found no LV and the legacy
+            detector's mask is used (``fallback="legacy"``).
+        note: why the model found no LV, when the legacy detector stepped in; else "".
     """
 
     case_id: str
@@ -113,6 +125,8 @@ class AIFResult:
     scale: float
     peak_lv_frame: int
     peak_rv_frame: int | None
+    mask_source: str = "model"
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,8 @@ class AIFPipeline:
 
     Args:
         artifact: from :func:`exports.load_artifact` (its preprocessing parameters are used).
+        tta: average the probabilities over the series and its flips along RO, E1 and both.
+        fallback: ``None``, or ``"legacy"``: when the model finds no LV, use the legacy detector.
 
     Example:
         >>> pipeline = AIFPipeline(load_artifact("artifacts/aif_resunet3cs.ts"))  # doctest: +SKIP
@@ -187,9 +203,35 @@ class AIFPipeline:
         >>> result.features.peak_s, result.mask.shape  # doctest: +SKIP
     """
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, tta: bool = False, fallback: str | None = None) -> None:
+        if fallback not in (None, "legacy"):
+            raise ValueError(f"fallback must be None or 'legacy', got {fallback!r}")
         self.artifact = artifact
         self.params = aif_preprocessing_of(artifact)
+        self.tta = tta
+        self.fallback = fallback
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Model output float32 [C, ro, e1] for one preprocessed series [n_frames, ro, e1]; with
+        ``tta`` the mean over the series and its flips (each flipped back)."""
+        if not self.tta:
+            return self.artifact.probabilities(image)
+        flips = ((), (-2,), (-1,), (-2, -1))
+        batch = np.stack([np.flip(image, axes) if axes else image for axes in flips])
+        out = self.artifact.probabilities(np.ascontiguousarray(batch))
+        back = [np.flip(p, axes) if axes else p for p, axes in zip(out, flips, strict=True)]
+        return np.mean(back, axis=0).astype(np.float32)
+
+    def _no_lv(self, series: np.ndarray, times_s: np.ndarray, n_pd: int) -> tuple[np.ndarray, str]:
+        """The legacy detector's mask (with the reason the model failed), or raise with it."""
+        window_s = self.params.n_frames * self.params.grid_step_s
+        reason = no_lv_reason(enhancing_pools(series, times_s, n_pd), window_s)
+        if self.fallback == "legacy":
+            legacy = detect_lv_legacy(series, times_s, n_pd)
+            if legacy.found:
+                return legacy.labels.astype(np.uint8), reason
+            reason += f"; the legacy detector found none either ({legacy.reason})"
+        raise AIFInputError(f"the model found no LV blood pool: {reason}")
 
     def signal_on_grid(
         self, series: np.ndarray, times_s: np.ndarray, n_pd_frames: int
@@ -230,11 +272,13 @@ class AIFPipeline:
             pre: PreprocessedAIF = preprocess_aif_series(series, times_s, n_pd, self.params)
         except ValueError as exc:
             raise AIFInputError(str(exc)) from exc
-        prob = self.artifact.probabilities(pre.image)
+        prob = self.probabilities(pre.image)
         labels = masks_from_probabilities(prob, self.artifact.n_classes)
         mask = restore_geometry(labels, pre).astype(np.uint8)
+        source, note = "model", ""
         if not (mask == LABEL_LV).any():
-            raise AIFInputError("the model found no LV blood pool (empty LV mask): no AIF")
+            mask, note = self._no_lv(series.astype(np.float32), times_s, n_pd)
+            source = "legacy"
         signal, grid_s = self.signal_on_grid(series.astype(np.float32), times_s, n_pd)
         aif = aif_curve(signal, mask == LABEL_LV)
         lv_mean = signal[:, mask == LABEL_LV].mean(axis=1)
@@ -249,6 +293,8 @@ class AIFPipeline:
             scale=pre.scale,
             peak_lv_frame=int(np.argmax(lv_mean)),
             peak_rv_frame=int(np.argmax(signal[:, rv].mean(axis=1))) if rv.any() else None,
+            mask_source=source,
+            note=note,
         )
 
     def run_many(self, cases: Iterable[AIFCase | CaseFailure]) -> Iterator[AIFResult | CaseFailure]:

@@ -7,7 +7,9 @@ HDF5 layout (one group per input case, in input order)::
     /<case_id>/aif          float32 [N]          AIF, coil-corrected signal units, 0.5 s grid
     /<case_id>/grid_s       float32 [N]          seconds from the first SR frame
     attrs on /<case_id>:    status "ok", the features (foot_s, peak_s, valley_s, first_pass_s,
-                            peak_value, auc, auc_s, baseline), scale, peak_lv_frame, peak_rv_frame
+                            peak_value, auc, auc_s, baseline), scale, peak_lv_frame, peak_rv_frame,
+                            mask_source ("model", or "legacy" when the legacy detector's mask is
+                            used because the model found no LV) and note (why it found none)
     a failed case:          an empty group with attrs status "failed" and error (the reason)
     attrs on /:             model (artifact path), weights_sha256, n_ok, n_failed
 
@@ -44,6 +46,8 @@ def case_summary(outcome: AIFResult | CaseFailure) -> dict[str, Any]:
         "peak_rv_frame": outcome.peak_rv_frame,
         "lv_pixels": int((outcome.mask == 1).sum()),
         "n_grid_frames": len(outcome.aif),
+        "mask_source": outcome.mask_source,
+        "note": outcome.note,
     }
 
 
@@ -82,7 +86,7 @@ def write_results(
                 group.create_dataset("aif", data=outcome.aif)
                 group.create_dataset("grid_s", data=outcome.grid_s)
                 group.attrs.update(summary["features"])
-                for key in ("scale", "peak_lv_frame", "lv_pixels"):
+                for key in ("scale", "peak_lv_frame", "lv_pixels", "mask_source", "note"):
                     group.attrs[key] = summary[key]
                 group.attrs["peak_rv_frame"] = (
                     -1 if outcome.peak_rv_frame is None else outcome.peak_rv_frame

@@ -16,6 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
 
 
 def dice_per_case(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -103,11 +104,23 @@ class SegmentationTask(pl.LightningModule):
         self.log_metrics("test")
 
     def configure_optimizers(self) -> dict:
+        """The optimiser and, if configured, its scheduler. A one-cycle schedule
+        (``torch.optim.lr_scheduler.OneCycleLR``) steps per batch over the whole fit
+        (``trainer.estimated_stepping_batches``); the others step per epoch."""
         optimizer = self.optimizer_factory(params=self.optimizer_parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        per_step = getattr(self.scheduler_factory, "func", None) is OneCycleLR
+        if per_step:
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(total, 1))
+        else:
+            scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.hparams.monitor,
+                "interval": "step" if per_step else "epoch",
+            },
         }

@@ -7,15 +7,31 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from datamodules.synthetic.aif_phantom import RO, AIFScan, simulate_aif_scan, write_aif_phantoms
+from datamodules.synthetic.aif_phantom import (
+    CLASSIC,
+    OUT_OF_DISTRIBUTION,
+    RO,
+    TRAINING,
+    AIFScan,
+    phantom_family,
+    simulate_aif_scan,
+    write_aif_phantoms,
+)
 
 N_PATIENTS, SCANS = 5, 2
 
 
 @pytest.fixture(scope="module")
 def phantom_file(tmp_path_factory) -> Path:
-    """A small phantom file: 5 patients x (stress, rest)."""
+    """A small phantom file of the training ranges: 5 patients x (stress, rest)."""
     return write_aif_phantoms(tmp_path_factory.mktemp("aif") / "ph.h5", N_PATIENTS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def classic_file(tmp_path_factory) -> Path:
+    """The first generator's narrower family (centred heart, PD frames, mild shading)."""
+    path = tmp_path_factory.mktemp("aif") / "classic.h5"
+    return write_aif_phantoms(path, N_PATIENTS, seed=3, ranges=CLASSIC)
 
 
 def _cases(path: Path) -> list[dict]:
@@ -33,16 +49,17 @@ def test_contract_shapes_dtypes_and_attrs(phantom_file):
         series, times, mask, attrs = c["series"], c["times_s"], c["mask"], c["attrs"]
         n_t, ro, e1 = series.shape
         assert series.dtype == np.float32 and times.dtype == np.float32 and mask.dtype == np.uint8
-        assert ro == RO and 44 <= e1 <= 60 and 60 <= n_t <= 170
+        assert ro == RO and 44 <= e1 <= 60 and 50 <= n_t <= 170
         assert times.shape == (n_t,) and mask.shape == (ro, e1)
         assert c["truth_lv_signal"].shape == c["truth_rv_signal"].shape == (n_t,)
         assert np.isfinite(series).all() and (series >= 0).all()
-        assert times[0] == 0 and (np.diff(times) > 0.3).all()  # one frame per RR (<= 110 bpm)
+        assert times[0] == 0 and (np.diff(times) >= 0.3).all()  # one frame per RR (<= 150 bpm)
         assert set(np.unique(mask)) == {0, 1, 2}
         assert attrs["patient_id"] == c["id"].split("_")[0]
-        assert 0 <= attrs["n_pd_frames"] <= 3
+        assert 0 <= attrs["n_pd_frames"] <= 4
         assert bool(attrs["stress"]) == c["id"].endswith("stress")
         assert {"site", "scanner", "field_T", "snr_pd", "heart_rate_bpm", "lv_foot_s"} <= set(attrs)
+        assert {"ts_ms", "baseline_ratio", "coil_ratio", "shading", "zoom"} <= set(attrs)
 
 
 def test_rv_enhances_before_lv(phantom_file):
@@ -55,7 +72,7 @@ def test_rv_enhances_before_lv(phantom_file):
         assert c["attrs"]["rv_foot_s"] < c["attrs"]["lv_foot_s"] < c["attrs"]["lv_peak_s"]
 
 
-def test_labels_cover_the_enhancing_pools(phantom_file):
+def test_labels_cover_the_enhancing_pools(classic_file):
     """At the LV peak the LV label is much brighter than the ring around it (myocardium).
 
     The ring (2 px outside the LV, away from the RV) also holds partial-volume border pixels, and
@@ -64,7 +81,7 @@ def test_labels_cover_the_enhancing_pools(phantom_file):
     LV areas: the model draws 26-62 px; thresholding fractions at 0.5 adds a few px either way.
     """
     ratios = []
-    for c in _cases(phantom_file):
+    for c in _cases(classic_file):
         n_pd, mask = c["attrs"]["n_pd_frames"], c["mask"]
         lv, rv = mask == 1, mask == 2
         assert 22 <= lv.sum() <= 68 and rv.sum() >= 15
@@ -78,8 +95,8 @@ def test_labels_cover_the_enhancing_pools(phantom_file):
     assert min(ratios) > 1.3 and np.median(ratios) > 2.5
 
 
-def test_pd_frames_are_brighter_than_first_sr_frames(phantom_file):
-    for c in _cases(phantom_file):
+def test_pd_frames_are_brighter_than_first_sr_frames(classic_file):
+    for c in _cases(classic_file):
         n_pd = c["attrs"]["n_pd_frames"]
         if n_pd:
             assert c["series"][:n_pd].mean() > 3 * c["series"][n_pd : n_pd + 2].mean()
@@ -119,3 +136,51 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_aif_phantoms(tmp_path / "broken.h5", 1, seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
+
+
+def test_training_ranges_span_what_differs_between_sites():
+    """Over 60 scans the drawn properties cover the documented ranges (issue 18)."""
+    rng = np.random.default_rng(7)
+    scans = [simulate_aif_scan(rng) for _ in range(60)]
+    attrs = [s.attrs for s in scans]
+    lv = np.array([a["lv_area_px"] for a in attrs])
+    baseline = np.array([a["baseline_ratio"] for a in attrs])
+    assert lv.min() < 30 and lv.max() > 100  # LV blood pool 15-200 px
+    assert baseline.min() < 0.03 and baseline.max() > 0.12  # pre-contrast baseline / blood peak
+    assert {a["shading"] for a in attrs} == {"none", "partly", "corrected"}
+    assert max(a["coil_ratio"] for a in attrs) > 5
+    assert {s.n_pd_frames for s in scans} == {0, 1, 2, 3, 4}
+    assert {a["sequence"] for a in attrs} == {"dual_sequence", "single_bolus"}
+    steps = np.concatenate([np.diff(s.times_s) for s in scans])
+    assert steps.min() < 0.5 and np.median(steps) < 1.2
+    # the heart is not always in the centre: LV centroids spread over the crop
+    centres = np.array([np.argwhere(s.mask == 1).mean(0) for s in scans])
+    assert np.ptp(centres[:, 0]) > 20
+    for s in scans:  # ... yet every LV lies inside the network's 64 x 48 centre crop
+        e1 = s.mask.shape[1]
+        cols = np.nonzero((s.mask == 1).any(0))[0]
+        assert cols.min() >= max(0, (e1 - 48) // 2) and cols.max() < min(e1, (e1 + 48) // 2)
+
+
+@pytest.mark.parametrize("family", sorted(OUT_OF_DISTRIBUTION))
+def test_each_evaluation_family_lies_outside_the_training_ranges(family):
+    name, ranges = phantom_family(family)
+    assert name == family and ranges != TRAINING
+    differing = {
+        field for field in TRAINING.__dataclass_fields__
+        if getattr(ranges, field) != getattr(TRAINING, field)
+    }  # fmt: skip
+    assert differing  # and a scan of it is a valid AIF contract case
+    scan = simulate_aif_scan(np.random.default_rng(0), ranges)
+    assert (scan.mask == 1).any() and np.isfinite(scan.series).all()
+
+
+def test_family_names_and_overrides_resolve_and_typos_are_refused():
+    assert phantom_family(None) == ("training", TRAINING)
+    assert phantom_family("classic") == ("classic", CLASSIC)
+    name, ranges = phantom_family({"snr_pd": [20, 40]})
+    assert ranges.snr_pd == (20, 40) and name == phantom_family({"snr_pd": (20, 40)})[0]
+    with pytest.raises(ValueError, match="unknown AIFPhantomRanges field"):
+        phantom_family({"snr": [1, 2]})
+    with pytest.raises(ValueError, match="unknown phantom family 'nope'"):
+        phantom_family("nope")

@@ -157,7 +157,7 @@ def copy_with(tmp_path: Path, source: Path, edit) -> Path:
 
 
 def phantom_file(data_dir: Path) -> Path:
-    return next(data_dir.glob("aif_phantoms_p8_*.h5"))
+    return next(data_dir.glob("aif_phantoms_*_p8_*.h5"))
 
 
 def first_case(h5: h5py.File) -> h5py.Group:

@@ -11,7 +11,12 @@ import h5py
 import numpy as np
 import pytest
 
-from datamodules.synthetic.aif_phantom import AIFScan, simulate_aif_scan, write_aif_phantoms
+from datamodules.synthetic.aif_phantom import (
+    CLASSIC,
+    AIFScan,
+    simulate_aif_scan,
+    write_aif_phantoms,
+)
 from evaluation.detection_outcome import FAILURE_REASONS, detection_outcome
 from exports.__main__ import main as cli
 from formats.aif_contract import scan_aif_file
@@ -25,10 +30,11 @@ from quantification.lv_mask import LABEL_LV, LABEL_RV
 
 
 def phantom_scans(n: int, seed: int, clean: bool) -> list[AIFScan]:
-    """``n`` phantom scans; ``clean``: normal bolus timing and strength, PD SNR >= 40."""
+    """``n`` phantom scans of the classic family (dual-sequence AIF images with PD frames, as the
+    legacy detector was built for); ``clean``: normal bolus timing and strength, PD SNR >= 40."""
     rng, scans = np.random.default_rng(seed), []
     while len(scans) < n:
-        scan = simulate_aif_scan(rng)
+        scan = simulate_aif_scan(rng, CLASSIC)
         if not clean or (scan.attrs["bolus"] == "normal" and scan.attrs["snr_pd"] >= 40):
             scans.append(scan)
     return scans

@@ -16,16 +16,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from formats.dicom_files import DicomImportError
-from formats.dicom_import import ImportOptions, import_dicom
-from formats.dicom_labels import LABEL_CONVENTIONS
-from formats.dicom_series_plan import TASKS
+__all__ = [
+    "LABEL_CONVENTION_CHOICES",
+    "TASK_CHOICES",
+    "add_dicom_import_parser",
+    "run_dicom_import",
+]
 
-__all__ = ["add_dicom_import_parser", "run_dicom_import"]
+# the values of formats.dicom_series_plan.TASKS and formats.dicom_labels.LABEL_CONVENTIONS,
+# spelled out so that registering the subcommand does not import pydicom (tested equal)
+TASK_CHOICES = ("auto", "aif", "t1", "t2")
+LABEL_CONVENTION_CHOICES = ("acdc", "inline")
 
 
 def run_dicom_import(args: argparse.Namespace) -> int:
     """The ``dicom-import`` subcommand; returns the exit status."""
+    from formats.dicom_files import DicomImportError
+    from formats.dicom_import import ImportOptions, import_dicom
+
     options = ImportOptions(
         task=args.task,
         keep_identifiers=args.keep_identifiers,
@@ -62,7 +70,7 @@ def add_dicom_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--task",
-        choices=TASKS,
+        choices=TASK_CHOICES,
         default="auto",
         help="import only this kind of series (default: tell from names and times)",
     )
@@ -87,7 +95,7 @@ def add_dicom_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--label-convention",
-        choices=sorted(LABEL_CONVENTIONS),
+        choices=LABEL_CONVENTION_CHOICES,
         default="inline",
         help="values of NIfTI / NumPy labels: inline = 1 LV, 2 RV, 3 myocardium (default); "
         "acdc = 1 RV, 2 myocardium, 3 LV",

@@ -26,18 +26,20 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from exports.aif_pipeline import AIFResult
 from formats.atomic_file import atomic_write
 from formats.contract_errors import plain
-from formats.dicom_files import DicomFile, DicomImportError, scan_dicom_folder
-from formats.dicom_results import QUANTITIES, Provenance, parametric_map, segmentation
+
+if TYPE_CHECKING:  # pydicom and highdicom are imported only when --dicom-out is used
+    from pydicom.dataset import Dataset
+
+    from formats.dicom_files import DicomFile
+    from formats.dicom_results import Provenance
 
 __all__ = [
     "DicomOutputError",
@@ -88,6 +90,8 @@ class _Writer:
     problems: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from formats.dicom_files import DicomImportError, scan_dicom_folder
+
         try:
             self.files = scan_dicom_folder(self.source).by_sop_instance_uid()
         except DicomImportError as exc:
@@ -103,6 +107,10 @@ class _Writer:
         return [self.files[u].header for u in uids]
 
     def provenance(self, source: Dataset, kind: str) -> Provenance:
+        from pydicom.uid import generate_uid
+
+        from formats.dicom_results import Provenance
+
         key = (str(source.SeriesInstanceUID), kind)
         number = int(source.get("SeriesNumber") or 0)
         offset = SEG_SERIES_OFFSET if kind == "seg" else MAP_SERIES_OFFSET
@@ -143,6 +151,8 @@ def write_aif_dicom(
 ) -> int:
     """LV/RV Segmentations of the successful AIF cases (module docstring); returns 0 when every
     case was written, else 1 (problems printed)."""
+    from formats.dicom_results import segmentation
+
     try:
         writer = _Writer(args.dicom_source, args.dicom_out, _algorithm(args, "inline-cmr aif"),
                          weights_sha256[:16])  # fmt: skip
@@ -187,6 +197,8 @@ def write_mapping_dicom(
 ) -> int:
     """Parametric Maps and myocardium Segmentations of the successful slices (module
     docstring); returns 0 when every such slice was written, else 1 (problems printed)."""
+    from formats.dicom_results import QUANTITIES, parametric_map, segmentation
+
     try:
         writer = _Writer(args.dicom_source, args.dicom_out,
                          _algorithm(args, "inline-cmr mapping (stored masks)"),

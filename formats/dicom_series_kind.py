@@ -48,7 +48,12 @@ SEQUENCE_NAMES = (
 TASK_NAMES = (
     ("aif", re.compile(r"\baif\b|_aif|aif_|perf|first[\s_-]*pass")),
     ("t2", re.compile(r"t2[\s_-]*(map|prep)|\bt2p\b")),
-    ("t1", re.compile(r"t1[\s_-]*map|shmolli|molli|sasha|\bstone\b|look[\s_-]*locker")),
+    (
+        "t1",
+        re.compile(
+            r"t1[\s_-]*map|shmolli|molli|sasha|\bstone\b|look[\s_-]*locker|(^|[\s_-])ll([\s_-]|$)"
+        ),
+    ),
 )
 POST_NAMES = re.compile(r"\bpost|\bpc\b|_pc\b|\bgd\b|gado")
 PRE_NAMES = re.compile(r"\bpre\b|_pre\b|native")

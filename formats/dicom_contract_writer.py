@@ -11,6 +11,7 @@ import numpy as np
 
 from formats.aif_contract import write_aif_case
 from formats.contract_errors import ContractError
+from formats.dicom_files import text_of
 from formats.dicom_labels import LV, MYOCARDIUM, RV, LabelError, LabelSource, LabelTarget
 from formats.dicom_layout import aif_case_ids, study_tag
 from formats.dicom_pixels import read_pixels, scaling_of
@@ -19,10 +20,6 @@ from formats.dicom_timing import float_of
 from formats.mapping_contract import write_mapping_case, write_mapping_slice
 
 __all__ = ["mapping_case_id", "read_slice", "write_aif_series", "write_mapping_slices"]
-
-
-def _text(header, keyword: str) -> str:
-    return str(header.get(keyword, "")).strip()
 
 
 def _slice_labels(
@@ -69,12 +66,12 @@ def _geometry_attrs(planned: PlannedSlice) -> dict:
 
 def _provenance_attrs(series: PlannedSeries, planned: PlannedSlice) -> dict:
     header = series.header
-    frame = _text(planned.files[0].header, "FrameOfReferenceUID")
+    frame = text_of(planned.files[0].header, "FrameOfReferenceUID")
     return {
-        "manufacturer": _text(header, "Manufacturer") or None,
-        "scanner": _text(header, "ManufacturerModelName") or None,
-        "series_description": _text(header, "SeriesDescription") or None,
-        "series_number": _text(header, "SeriesNumber") or None,
+        "manufacturer": text_of(header, "Manufacturer") or None,
+        "scanner": text_of(header, "ManufacturerModelName") or None,
+        "series_description": text_of(header, "SeriesDescription") or None,
+        "series_number": text_of(header, "SeriesNumber") or None,
         "series_instance_uid": series.uid,
         "frame_of_reference_uid": frame or None,
         "sop_instance_uids": np.array(planned.sop_instance_uids, dtype=h5py.string_dtype()),
@@ -105,7 +102,7 @@ def _transposed(series: PlannedSeries) -> bool:
     """Whether AIF frames are stored transposed, [columns, rows]: the contract's frames are
     [RO, E1] and ``InPlanePhaseEncodingDirection`` COL puts the phase encoding (E1) along the
     rows."""
-    return _text(series.header, "InPlanePhaseEncodingDirection").upper() == "COL"
+    return text_of(series.header, "InPlanePhaseEncodingDirection").upper() == "COL"
 
 
 def _aif_mask(labels: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -119,8 +116,8 @@ def _target(series: PlannedSeries, planned: PlannedSlice) -> LabelTarget:
     return LabelTarget(
         sop_instance_uids=tuple(planned.sop_instance_uids),
         geometry=planned.geometry,
-        frame_of_reference_uid=_text(planned.files[0].header, "FrameOfReferenceUID"),
-        name=f"series {_text(series.header, 'SeriesNumber')} at "
+        frame_of_reference_uid=text_of(planned.files[0].header, "FrameOfReferenceUID"),
+        name=f"series {text_of(series.header, 'SeriesNumber')} at "
         f"{planned.geometry.distance_mm:.1f} mm",
     )
 
@@ -150,7 +147,7 @@ def write_aif_series(
             **{k: v for k, v in patient.items() if k != "patient_id"},
             **_geometry_attrs(planned),
             **_provenance_attrs(series, planned),
-            "study_instance_uid": _text(series.header, "StudyInstanceUID") or None,
+            "study_instance_uid": text_of(series.header, "StudyInstanceUID") or None,
             "field_T": float_of(series.header, "MagneticFieldStrength"),
             "pd_frames": "marked" if planned.n_pd_frames else "none marked",
             "transposed": transposed,
@@ -182,7 +179,7 @@ def write_aif_series(
 
 def mapping_case_id(series: PlannedSeries, patient: dict) -> str:
     """``<patient>_<study>``: the case of a mapping series in every modality's file."""
-    return f"{patient['patient_id']}_{study_tag(_text(series.header, 'StudyInstanceUID'))}"
+    return f"{patient['patient_id']}_{study_tag(text_of(series.header, 'StudyInstanceUID'))}"
 
 
 def _mapping_masks(
@@ -223,7 +220,7 @@ def write_mapping_slices(
     created = case is None
     if created:
         case_attrs = {k: v for k, v in patient.items() if k != "patient_id"}
-        study = _text(series.header, "StudyInstanceUID") or None
+        study = text_of(series.header, "StudyInstanceUID") or None
         case = write_mapping_case(h5, case_id, patient["patient_id"],
                                   attrs={**case_attrs, "study_instance_uid": study})  # fmt: skip
     written = []

@@ -27,6 +27,7 @@ __all__ = [
     "SkippedFile",
     "scan_dicom_folder",
     "sop_class_name",
+    "text_of",
 ]
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -96,6 +97,18 @@ class DicomFolder:
     def by_sop_instance_uid(self) -> dict[str, DicomFile]:
         """Every image file of every series keyed by its SOP Instance UID."""
         return {f.sop_instance_uid: f for files in self.series.values() for f in files}
+
+
+def text_of(header: Dataset, keyword: str) -> str:
+    """An attribute as stripped text ("" when absent).
+
+    Example:
+        >>> ds = Dataset()
+        >>> ds.SeriesDescription = " T2map_SAX "
+        >>> text_of(ds, "SeriesDescription"), text_of(ds, "ProtocolName")
+        ('T2map_SAX', '')
+    """
+    return str(header.get(keyword, "")).strip()
 
 
 def sop_class_name(uid: str) -> str:

@@ -40,7 +40,13 @@ import h5py
 from formats.atomic_file import atomic_write
 from formats.contract_errors import ContractError
 from formats.dicom_contract_writer import write_aif_series, write_mapping_slices
-from formats.dicom_files import DicomFolder, DicomImportError, SkippedFile, scan_dicom_folder
+from formats.dicom_files import (
+    DicomFolder,
+    DicomImportError,
+    SkippedFile,
+    scan_dicom_folder,
+    text_of,
+)
 from formats.dicom_geometry import GeometryError, geometry_of
 from formats.dicom_identifiers import identifier_attrs, load_or_create_salt
 from formats.dicom_labels import (
@@ -161,16 +167,12 @@ def output_paths(output: Path, kinds: Iterable[str]) -> dict[str, Path]:
     return {k: output.with_name(f"{output.stem}_{k}{output.suffix}") for k in kinds}
 
 
-def _text(header, keyword: str) -> str:
-    return str(header.get(keyword, "")).strip()
-
-
 def _series_report(uid: str, files: list) -> SeriesReport:
     header = files[0].header
     return SeriesReport(
         uid=uid,
-        number=_text(header, "SeriesNumber"),
-        description=_text(header, "SeriesDescription") or _text(header, "ProtocolName"),
+        number=text_of(header, "SeriesNumber"),
+        description=text_of(header, "SeriesDescription") or text_of(header, "ProtocolName"),
         n_files=len(files),
     )
 
@@ -208,21 +210,21 @@ def _attach_map_series(
             geometry = geometry_of(f.header)
         except GeometryError:
             continue
-        frame = _text(f.header, "FrameOfReferenceUID")
+        frame = text_of(f.header, "FrameOfReferenceUID")
         matches = [
             (s, p)
             for s in planned
             if s.task == kind
             for p in s.slices
             if p.reference_map is None
-            and _text(p.files[0].header, "FrameOfReferenceUID") == frame
+            and text_of(p.files[0].header, "FrameOfReferenceUID") == frame
             and p.geometry.same_plane_orientation(geometry)
             and abs(p.geometry.distance_mm - geometry.distance_mm) < 0.1
         ]
         if len(matches) == 1:
             owner, target = matches[0]
             target.reference_map = f
-            attached.append(f"series {_text(owner.header, 'SeriesNumber')} {target.slice_id}")
+            attached.append(f"series {text_of(owner.header, 'SeriesNumber')} {target.slice_id}")
     if attached:
         report.status, report.kind = "imported", "scanner map"
         report.destinations = [f"reference map of {', '.join(attached)}"]

@@ -181,7 +181,7 @@ def _label_sources(
     folder: DicomFolder, options: ImportOptions
 ) -> tuple[list[LabelSource], list[str]]:
     """``--labels`` files first (a bad one is an error), then SEG / RTSTRUCT found in the folder
-    (a bad one is a note)."""
+    (a bad one is a note; our own ``--dicom-out`` Segmentations are not labels)."""
     sources: list[LabelSource] = []
     for path in options.labels:
         try:
@@ -190,6 +190,9 @@ def _label_sources(
             raise DicomImportError(str(exc)) from exc
     notes = []
     for f in folder.labels:
+        if text_of(f.header, "Manufacturer") == "inline-cmr":
+            notes.append(f"left out {f.path}: a result of this tool (--dicom-out), not a label")
+            continue
         try:
             sources.append(dicom_label_source(f.path, f.header))
         except LabelError as exc:

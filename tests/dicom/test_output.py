@@ -182,3 +182,22 @@ def test_a_missing_source_image_is_named_and_the_rest_still_written(imported, st
     assert status == 1
     assert "1 of 9 source images not found under" in printed
     assert (tmp_path / "m.h5").is_file() and not list((tmp_path / "dicom").glob("*.dcm"))
+
+
+def test_our_own_segmentations_in_the_source_folder_are_not_taken_for_labels(
+    t2_outputs, study, tmp_path
+):
+    _, _, out = t2_outputs
+    source = tmp_path / "src"
+    for path in study.files[9]:
+        target = source / path.relative_to(study.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    shutil.copy(only(out / "dicom", "*_myocardium_seg.dcm"), source / "result_seg.dcm")
+    status, printed = run_cli(["dicom-import", source, "--output", tmp_path / "t2.h5",
+                               "--salt", "s"])  # fmt: skip
+    assert status == 0
+    assert "result_seg.dcm: a result of this tool (--dicom-out), not a label" in printed
+    with h5py.File(tmp_path / "t2.h5") as h5:
+        (case,) = h5.values()
+        assert all("masks" not in sl for sl in case.values())

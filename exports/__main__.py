@@ -1,7 +1,7 @@
 """Command line of the inline runtime.
 
 ``python -m exports aif --model artifacts/aif_resunet3cs.ts --input cases.h5 --output results.h5
-[--figures DIR] [--threads N]``
+[--figures DIR] [--threads N] [--dicom-out DIR --dicom-source SRC]``
 
 Reads every case of an AIF contract file (DESIGN.md), runs the AIF pipeline with the artifact
 loaded once, and writes ``results.h5`` and ``results.json`` (layout in ``exports.results``) and,
@@ -22,6 +22,11 @@ from typing import Any
 import torch
 
 from exports.aif_pipeline import AIFCase, AIFPipeline, AIFResult, CaseFailure
+from exports.dicom_output import (
+    add_dicom_output_arguments,
+    dicom_output_arguments_error,
+    write_aif_dicom,
+)
 from formats.artifact import ArtifactError, load_artifact
 
 
@@ -50,6 +55,9 @@ def run_aif(args: argparse.Namespace) -> int:
     from exports.results import write_results
     from formats.aif_contract import AIFContractError
 
+    if (problem := dicom_output_arguments_error(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     try:
         artifact = load_artifact(args.model, expected_task="aif_lv_detection")
@@ -84,7 +92,10 @@ def run_aif(args: argparse.Namespace) -> int:
         f"{len(outcomes) - len(failed)} of {len(outcomes)} cases ok in {elapsed:.2f} s; "
         f"wrote {h5_path} and {json_path}" + (f"; {len(failed)} failed" if failed else "")
     )
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if args.dicom_out is not None:
+        status = max(status, write_aif_dicom(args, outcomes, model["weights_sha256"]))
+    return status
 
 
 def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -108,6 +119,7 @@ def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
     aif.add_argument("--fallback", choices=("legacy",),
                      help="when the model finds no LV, use the legacy detector's mask "
                      "(flagged mask_source=legacy in the outputs)")  # fmt: skip
+    add_dicom_output_arguments(aif)
     aif.set_defaults(handler=_run_aif_or_legacy)
     return aif
 
@@ -127,11 +139,12 @@ def _run_aif_or_legacy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m exports <subcommand> ...``; each subcommand module registers its own parser
     (``add_*_parser``) with a ``handler(args) -> exit status``."""
+    from exports.dicom_import_cli import add_dicom_import_parser
     from exports.mapping_cli import add_mapping_parser
 
     parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (add_aif_parser, add_mapping_parser):
+    for register in (add_aif_parser, add_mapping_parser, add_dicom_import_parser):
         register(sub)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -52,6 +52,11 @@ import h5py
 import numpy as np
 import torch
 
+from exports.dicom_output import (
+    add_dicom_output_arguments,
+    dicom_output_arguments_error,
+    write_mapping_dicom,
+)
 from exports.mapping_pipeline import (
     MYOCARDIUM_TASK,
     Acquisition,
@@ -377,6 +382,9 @@ def run_mapping(args: argparse.Namespace) -> int:
     if not t2_mode and (args.native is None or args.post is None):
         print("error: ECV needs both --native and --post", file=sys.stderr)
         return 2
+    if (problem := dicom_output_arguments_error(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     settings = MappingSettings(
         max_eccentricity=args.max_eccentricity,
@@ -442,7 +450,10 @@ def run_mapping(args: argparse.Namespace) -> int:
         f"{len(outcomes) - len(failed)} of {len(outcomes)} cases mapped in {elapsed:.2f} s; "
         f"wrote {h5_path} and {json_path}" + (f"; {len(failed)} failed" if failed else "")
     )
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if args.dicom_out is not None:
+        status = max(status, write_mapping_dicom(args, outcomes, model_info["weights_sha256"]))
+    return status
 
 
 def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -500,5 +511,6 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="slice success: valid native and post images needed (each)")  # fmt: skip
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold,
                    help="probability threshold of the segmentation model")  # fmt: skip
+    add_dicom_output_arguments(p)
     p.set_defaults(handler=run_mapping)
     return p

@@ -7,6 +7,15 @@ One file per data set; every top-level group is a case::
     /<case_id>/mask       uint8   [RO, E1]     optional: 0 background, 1 LV, 2 RV
     attrs on /<case_id>:  patient_id (str), n_pd_frames (int, 0 <= n < T - 1),
                           optional site (str), scanner (str), field_T (number > 0), stress (bool)
+    optional, from DICOM: sop_instance_uids (str [T], the source image of each frame, in frame
+                          order), study_instance_uid, series_instance_uid,
+                          frame_of_reference_uid, series_description, series_number,
+                          manufacturer (str); image_position_patient (3), image_orientation_patient
+                          (6), pixel_spacing_mm (2), slice_location_mm (numbers, DICOM plane of
+                          the source frames); transposed (bool: frames stored [columns, rows] of
+                          the DICOM images, so that RO comes first); times_source, pd_frames,
+                          pixel_scaling, identifiers, label_source (str); see
+                          :mod:`formats.dicom_import`
 
 Extra datasets and attrs are allowed and ignored (phantoms add ``truth_*`` datasets).
 ``times_s`` may also be float64 (more precision is harmless); ``series`` must be float32 and
@@ -168,6 +177,11 @@ def _check_case(
             raise _error(path, case_id, key, "a str", f"{plain(raw[key])!r}")
     if "field_T" in raw and not (is_real(raw["field_T"]) and float(raw["field_T"]) > 0):
         raise _error(path, case_id, "field_T", "a number > 0 (tesla)", f"{plain(raw['field_T'])!r}")
+    if "sop_instance_uids" in raw:
+        uids = plain(raw["sop_instance_uids"])
+        if not isinstance(uids, list) or len(uids) != n_t:
+            found = f"{len(uids)} UIDs" if isinstance(uids, list) else repr(uids)[:80]
+            raise _error(path, case_id, "sop_instance_uids", f"{n_t} UIDs (one per frame)", found)
     if "stress" in raw:
         stress = raw["stress"]
         if not (isinstance(stress, bool | np.bool_) or (is_int(stress) and int(stress) in (0, 1))):

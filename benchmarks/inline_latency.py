@@ -14,13 +14,15 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
 * ``torchscript+bnfold``: the same, with batch norm folded into the convs while freezing;
 * ``torchscript+channels_last``: frozen from a channels_last copy of the network;
 * ``torchscript+bf16``: exported with ``precision="bf16"`` (bfloat16 weights and activations;
-  fast only on CPUs with AVX512-BF16 or AMX, e.g. Zen 4, Sapphire Rapids);
+  fast only on CPUs with AVX512-BF16 or AMX, e.g. Zen 4, Sapphire Rapids; measured only there,
+  or with ``--bf16``, loaded past the artifact's CPU check, to show how slow emulation is);
 * ``torchscript+int8``: exported with ``precision="int8"`` (static int8 quantisation, fbgemm;
   calibrated on random series, so only its latency means something here);
 * ``eager``: the ``ResUNet`` class built and its ``state_dict`` loaded (``torch.load``);
 * ``onnxruntime``: the ONNX export run by ONNX Runtime (if installed).
 
-The model is the default 3CS ResUNet (6.5 M parameters) with the weights of ``--checkpoint``, or
+The first line names the CPU (``formats.cpu_info``). The model is the default 3CS ResUNet
+(6.5 M parameters) with the weights of ``--checkpoint``, or
 random weights and batch-norm statistics from random data (latency does not depend on the
 weights; parity is pessimistic with random ones), exported with ``export_artifact``. Parity of
 every variant with eager is printed (max abs probability difference). The published Gadgetron
@@ -44,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from formats.cpu_info import host_cpu  # noqa: E402
 
 PUBLISHED_LOAD_MS, PUBLISHED_INFERENCE_MS = 340.0, 180.0
 
@@ -78,6 +82,10 @@ VARIANTS = {
         TORCH_IMPORT + "\nfrom formats.artifact import load_artifact",
         "model = load_artifact(sys.argv[1])\nrun = model.probabilities",
     ),
+    "emulated": (  # a bf16 artifact on a CPU without native bf16: past the load-time refusal
+        TORCH_IMPORT + "\nfrom formats.artifact import load_artifact",
+        "model = load_artifact(sys.argv[1], check_cpu=False)\nrun = model.probabilities",
+    ),
     "eager": (
         TORCH_IMPORT + "\nfrom lightning_modules.networks.resunet import ResUNet",
         "saved = torch.load(sys.argv[1], weights_only=True)\n"
@@ -98,7 +106,8 @@ VARIANTS = {
 
 def measure(variant: str, model_file: Path, threads: int, runs: int, out: Path) -> dict:
     """Run one variant in a fresh process; returns its timings (ms) and writes its output."""
-    imports, load = VARIANTS[variant.split("+")[0]]
+    emulated = variant.endswith("+bf16") and not host_cpu().native_bf16
+    imports, load = VARIANTS["emulated" if emulated else variant.split("+")[0]]
     if variant.endswith("+profiling"):  # TorchScript's default: profiling runs, then JIT passes
         load += "\ndef run(x):\n    with torch.inference_mode():\n"
         load += "        return model.module(torch.from_numpy(x)).numpy()"
@@ -118,7 +127,7 @@ def measure(variant: str, model_file: Path, threads: int, runs: int, out: Path) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(workdir: Path, checkpoint: Path | None) -> dict[str, Path]:
+def prepare(workdir: Path, checkpoint: Path | None, bf16: bool) -> dict[str, Path]:
     """Model files of every variant, from the default 3CS ResUNet (random or trained weights)."""
     import numpy as np
     import torch
@@ -157,8 +166,9 @@ def prepare(workdir: Path, checkpoint: Path | None) -> dict[str, Path]:
     files["torchscript+channels_last"] = workdir / "model_cl.ts"
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
     export_artifact(net_cl, 3, batch, files["torchscript+channels_last"], meta, atol=1)
-    files["torchscript+bf16"] = workdir / "model_bf16.ts"
-    export_artifact(net, 3, batch, files["torchscript+bf16"], meta, precision="bf16")
+    if bf16:
+        files["torchscript+bf16"] = workdir / "model_bf16.ts"
+        export_artifact(net, 3, batch, files["torchscript+bf16"], meta, precision="bf16")
     # int8: calibrated on random series here (latency does not depend on the ranges, accuracy
     # does: an artifact calibrated on real cases is evaluated with evaluate.py, see the README)
     files["torchscript+int8"] = workdir / "model_int8.ts"
@@ -184,13 +194,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="Lightning .ckpt of a default-size 3CS run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--bf16", action="store_true", help="measure bf16 even where it is emulated"
+    )
     args = parser.parse_args()
+    print(f"CPU: {host_cpu().describe()}")
 
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        files = prepare(workdir, args.checkpoint)
+        files = prepare(workdir, args.checkpoint, args.bf16 or host_cpu().native_bf16)
         results, outputs = {}, {}
         for variant, path in files.items():
             results[variant] = measure(variant, path, args.threads, args.runs, workdir / "y.npy")

@@ -21,8 +21,14 @@ Pipeline of :func:`preprocess_aif_series`, input ``series`` float [T, RO, E1] (P
    as SPEC A2's "correct, then resample" while touching only ``n_frames`` frames. The floor stops
    air/lung pixels (PD ~ noise) from being amplified by more than ``1 / floor``.
 4. Exactly ``n_frames`` frames: truncate, or pad by repeating the last frame.
-5. Centre crop/pad RO to ``ro_size`` and E1 to ``e1_size`` (zero padding).
-6. Divide by the maximum of the result (``scale``), so the network input lies in [.., 1].
+5. Optional (``subtract_baseline``): subtract from every pixel its pre-contrast baseline, the
+   minimum over time of its 3-frame moving average, so that only the enhancement remains. How
+   bright tissue is before the bolus depends on the sequence (saturation time, saturation
+   efficiency, single-bolus vs dual-sequence images: from ~0 to a fifth of the blood peak) and
+   on the coil; the enhancement's timing is what tells the LV from the RV. Not in the paper's
+   recipe (SPEC A2); measured on out-of-distribution families (README, "Generalisation").
+6. Centre crop/pad RO to ``ro_size`` and E1 to ``e1_size`` (zero padding).
+7. Divide by the maximum of the result (``scale``), so the network input lies in [.., 1].
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "preprocess_mask",
     "resample_to_grid",
     "restore_geometry",
+    "subtract_baseline",
     "undo_center_crop_or_pad",
 ]
 
@@ -66,6 +73,8 @@ class AIFPreprocessing:
             amplifies that noise until it sets the max-normalisation: on the phantoms a floor of
             0.05 left the LV peak at 0.16 of the image maximum in the 5th-percentile case, 0.2
             lifts it to 0.52 (median 0.56 -> 0.70). In (0, 1].
+        subtract_baseline: subtract each pixel's pre-contrast baseline (step 5 of the module
+            docstring). False (the paper's recipe) for artifacts exported before it existed.
     """
 
     grid_step_s: float = 0.5
@@ -74,6 +83,7 @@ class AIFPreprocessing:
     e1_size: int = 48
     coil_smoothing_px: float = 2.0
     coil_floor: float = 0.2
+    subtract_baseline: bool = False
 
     def __post_init__(self) -> None:
         if not self.grid_step_s > 0:
@@ -368,6 +378,27 @@ def _validate_series(series: np.ndarray, times_s: np.ndarray, n_pd_frames: int) 
         raise ValueError("series contains NaN or Inf")
 
 
+def subtract_baseline(frames: np.ndarray) -> np.ndarray:
+    """Enhancement only: each pixel minus the minimum over time of its 3-frame moving average.
+
+    Args:
+        frames: float [T, RO, E1], T >= 1 (time first).
+
+    Returns:
+        float32 [T, RO, E1], >= 0.
+
+    Example:
+        >>> curve = np.array([10.0, 11.0, 9.0, 10.0, 30.0, 50.0, 20.0])[:, None, None]
+        >>> subtract_baseline(curve)[:, 0, 0].round(1).tolist()
+        [0.0, 1.0, 0.0, 0.0, 20.0, 40.0, 10.0]
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.shape[0] < 3:
+        return frames - frames.min(axis=0)
+    smooth = (frames[:-2] + frames[1:-1] + frames[2:]) / np.float32(3)
+    return np.maximum(frames - smooth.min(axis=0), np.float32(0))
+
+
 def preprocess_aif_series(
     series: np.ndarray,
     times_s: np.ndarray,
@@ -400,6 +431,8 @@ def preprocess_aif_series(
         sr /= sens
     n_valid = sr.shape[0]
     sr = fit_frame_count(sr, params.n_frames)
+    if params.subtract_baseline:
+        sr = subtract_baseline(sr)
     sr, ro = center_crop_or_pad(sr, params.ro_size, axis=1)
     sr, e1 = center_crop_or_pad(sr, params.e1_size, axis=2)
     scale = float(sr.max())

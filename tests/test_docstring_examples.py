@@ -11,16 +11,20 @@ import importlib
 import pytest
 
 MODULES_WITH_EXAMPLES = [
+    "callbacks.check_run",
     "callbacks.int8_quantization",
     "datamodules.synthetic.rician_noise",
     "datamodules.mapping_transforms",
     "datamodules.transforms",
+    "exports.deployment_cli",
+    "formats.artifact_index",
     "formats.atomic_file",
     "lightning_modules.losses",
     "lightning_modules.networks.resunet",
     "lightning_modules.networks.unet",
     "lightning_modules.segmentation_task",
     "quantification.relaxometry",
+    "sweeps.promotion",
 ]
 
 

@@ -110,9 +110,15 @@ def list_index(index: ArtifactIndex, names: list[str]) -> str:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ArtifactError(f"{index.path}: no artifact named {unknown} (known: {known})")
-    if not known:
-        return f"{index.path}: no deployed artifacts yet"
     blocks = []
+    outside = sorted(p.name for p in index.directory.glob("*.ts") if p.stem not in known)
+    if outside and not names:  # e.g. exported before the index existed
+        blocks.append(
+            f"not in {index.path} yet (each is stored as a version before anything "
+            f"replaces it): {', '.join(outside)}"
+        )
+    if not known:
+        return "\n\n".join([f"{index.path}: no deployed artifacts yet", *blocks])
     for name in names or known:
         versions = index.versions(name)
         deployed = next(v for v in versions if v.deployed)

@@ -371,6 +371,14 @@ class ArtifactIndex:
         record["origin"] = "found at the stable path, not in the index"
         self._store(name, entry, stable, record)
 
+    def _name_storing(self, sha256: str) -> str | None:
+        """The first name with a stored version of exactly these bytes, if any."""
+        artifacts = self._read()["artifacts"]
+        found = [
+            n for n, e in artifacts.items() if any(r["sha256"] == sha256 for r in e["versions"])
+        ]
+        return min(found, default=None)
+
     @staticmethod
     def _deploy(entry: dict[str, Any], record: dict[str, Any], reason: str) -> None:
         entry["deployed"] = record["version"]
@@ -392,7 +400,8 @@ class ArtifactIndex:
         source_run: str | os.PathLike | None = None,
         allow_check_run: bool = False,
     ) -> ArtifactVersion:
-        """Deploy an exported file under ``name`` (default: the file's stem).
+        """Deploy an exported file under ``name`` (default: the name that stores this very file
+        already, e.g. for ``versions/<name>.v1.ts``, else the file's stem).
 
         Stores it as the next version (an identical file already stored is reused: the name
         rolls back or forward to it), records the promotion with ``reason``, then replaces the
@@ -404,13 +413,13 @@ class ArtifactIndex:
                 run.
         """
         file = Path(file)
-        name = name or file.stem
+        record = export_record(file, source_run)
+        name = name or self._name_storing(record["sha256"]) or file.stem
         if parse_artifact_name(name) is None or "@" in name:
             raise ArtifactIndexError(
                 f"{name!r}: not a usable artifact name (letters, digits, "
                 "'_', '-', '.'; no file suffix)"
             )
-        record = export_record(file, source_run)
         if record["check_run"] and not allow_check_run:
             raise ArtifactIndexError(
                 f"{file}: exported by a check run ({', '.join(record['check_run'])}), not a "

@@ -72,10 +72,11 @@ def test_each_promotion_keeps_the_replaced_version_and_a_roll_back_restores_it(r
     assert rolled_back.version == 1 and stable.read_bytes() == runs[0].read_bytes()
     again = index.promote(runs[1])  # the same file again: no new version, a roll forward
     assert again.version == 2 and stable.read_bytes() == runs[1].read_bytes()
+    assert index.promote(first.path).label == f"{NAME}@1"  # a stored file keeps its name
 
     versions = index.versions(NAME)
-    assert [(v.version, v.deployed) for v in versions] == [(1, False), (2, True)]
-    assert [p["version"] for p in index.promotions(NAME)] == [1, 2, 1, 2]
+    assert [(v.version, v.deployed) for v in versions] == [(1, True), (2, False)]
+    assert [p["version"] for p in index.promotions(NAME)] == [1, 2, 1, 2, 1]
     assert index.promotions(NAME)[0]["reason"] == "training run"
     record = versions[1].record
     assert record["sha256"] == file_sha256(runs[1])
@@ -84,14 +85,18 @@ def test_each_promotion_keeps_the_replaced_version_and_a_roll_back_restores_it(r
     assert record["source_run"] == str(runs[1].parent.parent.resolve())
     assert record["exporting_cpu"]["model"] and record["created_utc"]
     on_disk = json.loads(index.path.read_text())
-    assert on_disk["artifacts"][NAME]["deployed"] == 2
+    assert on_disk["artifacts"][NAME]["deployed"] == 1
     assert not list(index.directory.rglob(".*.tmp"))
 
 
-def test_a_stable_file_the_index_does_not_know_is_kept_before_it_is_replaced(runs, tmp_path):
+def test_a_stable_file_the_index_does_not_know_is_kept_before_it_is_replaced(
+    runs, tmp_path, capsys
+):
     index = ArtifactIndex(tmp_path / "artifacts")
     index.directory.mkdir()
     index.stable_path(NAME).write_bytes(runs[2].read_bytes())  # from before the index
+    assert exports_main(["list", "--artifacts-dir", str(index.directory)]) == 0
+    assert f"not in {index.path} yet" in capsys.readouterr().out
     index.promote(runs[0])
     (kept, new) = index.versions(NAME)
     assert kept.path.read_bytes() == runs[2].read_bytes() and not kept.deployed
@@ -181,34 +186,43 @@ def test_cli_promote_list_and_roll_back(runs, tmp_path, capsys):
     assert "not a run directory, an exported .ts file or NAME@VERSION" in capsys.readouterr().err
 
 
-KILLED_PROMOTION = textwrap.dedent(
+KILLED_DEPLOYMENT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
     from formats.artifact_index import ArtifactIndex
 
-    replace, hang_at = os.replace, sys.argv[3]
+    replace, hang_at = os.replace, Path(sys.argv[3])
 
     def replace_then_hang(source, target):  # the complete temporary file is there; hang
-        if Path(target).name == hang_at:
+        if Path(target) == hang_at:
             print("HANGING", flush=True)
             time.sleep(600)
         replace(source, target)
 
     os.replace = replace_then_hang
-    ArtifactIndex(sys.argv[1]).promote(sys.argv[2])
+    ArtifactIndex(sys.argv[1]).promote(sys.argv[2], reason="training run")  # as ModelExport
     """
 )
 
 
 @pytest.mark.parametrize("hang_at", ["index.json", f"{NAME}.ts"])
-def test_the_index_survives_a_process_killed_mid_promotion(runs, tmp_path, hang_at):
+def test_the_index_survives_an_export_killed_while_deploying(runs, tmp_path, hang_at):
+    """The deployment step of an export (ModelExport: the run's export file -> the index) is
+    killed; the export itself never touches artifacts/ (tests/test_resume.py kills it)."""
     artifacts = tmp_path / "artifacts"
     index = ArtifactIndex(artifacts)
     index.promote(runs[0])
     before = index.path.read_bytes()
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PROMOTION, str(artifacts), str(runs[1]), hang_at],
+        [
+            sys.executable,
+            "-c",
+            KILLED_DEPLOYMENT,
+            str(artifacts),
+            str(runs[1]),
+            str(artifacts / hang_at),
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         stdout=subprocess.PIPE,
@@ -224,13 +238,12 @@ def test_the_index_survives_a_process_killed_mid_promotion(runs, tmp_path, hang_
     assert index.stable_path(NAME).read_bytes() == runs[0].read_bytes()  # never half-written
     if hang_at == "index.json":  # killed before the new index: nothing changed
         assert index.path.read_bytes() == before and index.version(NAME).version == 1
-    else:  # killed after it: the name already resolves to the new model, the list says so
-        assert (
-            load_artifact(NAME, artifacts_dir=artifacts).path.read_bytes() == runs[1].read_bytes()
-        )
+    else:  # killed after it: the name already resolves to the new model, `list` warns
+        deployed = load_artifact(NAME, artifacts_dir=artifacts)
+        assert deployed.path.read_bytes() == runs[1].read_bytes()
         assert not index.deployed_matches_stable(NAME)
     index.promote(runs[2])  # the next promotion works and repairs the stable file
     assert index.stable_path(NAME).read_bytes() == runs[2].read_bytes()
-    assert [v.path.read_bytes() for v in index.versions(NAME)][0] == runs[0].read_bytes()
+    assert index.versions(NAME)[0].path.read_bytes() == runs[0].read_bytes()
     leftovers = [p.name for p in artifacts.rglob("*") if p.name.startswith(".") and p.is_file()]
     assert all(name.endswith(".tmp") or name == ".index.lock" for name in leftovers)

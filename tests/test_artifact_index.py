@@ -104,6 +104,22 @@ def test_a_stable_file_the_index_does_not_know_is_kept_before_it_is_replaced(
     assert new.deployed and index.stable_path(NAME).read_bytes() == runs[0].read_bytes()
 
 
+def test_the_onnx_twin_travels_with_its_version(runs, tmp_path):
+    with_onnx = tmp_path / "onnx_run" / "export" / f"{NAME}.ts"
+    with_onnx.parent.mkdir(parents=True)
+    with_onnx.write_bytes(runs[0].read_bytes())
+    with_onnx.with_suffix(".onnx").write_bytes(b"the ONNX model of run 0")
+    index = ArtifactIndex(tmp_path / "artifacts")
+    stable_onnx = index.stable_path(NAME).with_suffix(".onnx")
+    index.promote(with_onnx)
+    assert stable_onnx.read_bytes() == b"the ONNX model of run 0"
+    index.promote(runs[1])  # no ONNX twin: the stale one leaves the stable path, stays stored
+    assert not stable_onnx.exists()
+    assert (index.directory / "versions" / f"{NAME}.v1.onnx").is_file()
+    index.promote_version(NAME, 1)
+    assert stable_onnx.read_bytes() == b"the ONNX model of run 0"
+
+
 def test_an_export_of_a_check_run_is_not_deployed_unless_insisted(tmp_path):
     export = export_run(tmp_path / "fdr", 5, 0.02, check_run=["trainer.fast_dev_run"])
     index = ArtifactIndex(tmp_path / "artifacts")

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test test-slow bench export clean
+.PHONY: install train test test-slow bench export promote clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: install  ## benchmarks that print figures (never part of the test suite)
 export: install  ## export a checkpoint as the scanner artifact: make export CKPT=logs/train/runs/<run>/checkpoints/<best>.ckpt
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<run dir>/checkpoints/<file>.ckpt [ARGS='--onnx --output PATH']"; exit 2; }
 	$(PY) -m callbacks.export "$(CKPT)" $(ARGS)
+
+promote: install  ## deploy a run's export (or roll back): make promote RUN=<run dir | .ts | NAME@VERSION>
+	@test -n "$(RUN)" || { echo "usage: make promote RUN=<run dir | exported .ts | NAME@VERSION> [ARGS='--name NAME']"; exit 2; }
+	$(PY) -m sweeps.promotion "$(RUN)" $(ARGS)
 
 clean:  ## remove the environment, run outputs and caches (keeps data/ and artifacts/)
 	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache .ruff_cache *.egg-info

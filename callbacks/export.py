@@ -1,7 +1,14 @@
 """Export the trained model as the scanner-side artifact (TorchScript + metadata, optional ONNX).
 
 :class:`ModelExport` (on by default, settings in ``conf/export/default.yaml``, overridable as
-``export.onnx=true`` ...) writes ``artifacts/aif_<model>.ts`` plus a copy in ``<run dir>/export/``.
+``export.onnx=true`` ...) writes ``<run dir>/export/aif_<model>.ts``. Where it goes from there
+(README "Which model is deployed"): a real single training run deploys it at the stable path
+``artifacts/aif_<model>.ts`` through the artifact index (:mod:`formats.artifact_index`: the file
+it replaces stays in ``artifacts/versions/``, listed in ``artifacts/index.json``); a check run
+(:mod:`callbacks.check_run`: ``fast_dev_run``, ``debug=*``, ...) and a multirun job leave it in
+the run directory only, and say so in the log; the stable path then changes only by ``python -m
+exports promote`` or a sweep's stated rule (``sweep_promotion``). With the W&B logger the export
+is also logged as a model artifact (:mod:`callbacks.wandb_model_artifact`).
 
 When it runs: the metadata must carry the test metrics, and those exist only after
 ``trainer.test`` of the best checkpoint. So the export happens in ``on_test_end``, with the
@@ -46,6 +53,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from callbacks.check_run import check_run_reasons
 from callbacks.int8_quantization import BACKEND as INT8_BACKEND
 from callbacks.int8_quantization import quantize_int8, quiet_quantization_deprecation
 from formats.artifact import (
@@ -55,6 +63,7 @@ from formats.artifact import (
     quiet_torchscript_deprecation,
     weights_sha256,
 )
+from formats.artifact_index import ArtifactIndex, ArtifactVersion
 from formats.atomic_file import atomic_write
 from formats.cpu_info import NATIVE_BF16, host_cpu, training_precision
 from quantification.aif_preprocessing import AIFPreprocessing
@@ -66,6 +75,7 @@ __all__ = ["ExportParityError", "ModelExport", "ProbabilityModel", "export_artif
 
 CLASSES = {2: ["background", "lv"], 3: ["background", "lv", "rv"]}
 PRECISIONS = ("fp32", "bf16", "int8")
+PROMOTE_CHOICES = ("auto", "never")
 
 
 class ExportParityError(RuntimeError):
@@ -167,7 +177,6 @@ def export_artifact(
     fold_batchnorm: bool = False,
     onnx: bool = False,
     onnx_atol: float = 1e-4,
-    copies: tuple[str | os.PathLike, ...] = (),
     precision: str = "fp32",
     output: str | None = None,
     calibration: torch.Tensor | None = None,
@@ -182,14 +191,14 @@ def export_artifact(
         n_classes: 2 (sigmoid head) or 3 (softmax head).
         batch: float [B, n_frames, RO, E1] real preprocessed series for the parity check.
         path: the artifact file (``.ts``); the ONNX file goes next to it as ``.onnx``.
-        metadata: task, model, config, test_metrics, source_checkpoint (the rest is filled in).
+        metadata: task, model, config, test_metrics, source_checkpoint, check_run (why the run
+            is a check: :func:`callbacks.check_run.check_run_reasons`); the rest is filled in.
         atol: largest allowed max abs difference of the probabilities, reloaded vs eager.
         freeze: ``torch.jit.freeze`` (weights become constants, faster).
         fold_batchnorm: let freezing fold BN into the preceding convs (changes rounding).
         onnx: also write ``<path>.onnx`` (checked with onnxruntime when installed).
         onnx_atol: the same check for ONNX Runtime, whose own conv kernels (MLAS, not oneDNN)
             round differently: 1.4e-5 measured on a trained 3CS model with logits up to 190.
-        copies: further files (e.g. in the run dir) that get the same bytes, written atomically.
         precision: ``fp32``, or ``bf16`` (weights and activations in bfloat16: ~1.8x faster on
             CPUs with AVX512-BF16 or AMX, much slower on CPUs without). Parity is checked against
             the eager model of the same precision; the max abs difference to the fp32 model is
@@ -262,6 +271,7 @@ def export_artifact(
         "test_metrics": metadata.get("test_metrics"),
         "weights_sha256": weights_sha256(plain),
         "source_checkpoint": metadata.get("source_checkpoint"),
+        "check_run": list(metadata.get("check_run") or []),
         "parity_max_abs_diff": diff,
         "parity_n_cases": len(batch),
         "optimisation": {
@@ -284,9 +294,6 @@ def export_artifact(
         artifact = load_artifact(tmp, check_cpu=False)
         diff = _max_abs_diff(artifact.probabilities(batch), reference)
         _check_parity(diff, atol, f"The reloaded artifact {path}")
-    for extra in copies:
-        with atomic_write(Path(extra)) as tmp:
-            shutil.copyfile(path, tmp)
     log.info("Exported %s (parity max abs diff %.2g on %d cases)", path, diff, len(batch))
     if onnx:  # ONNX Runtime has its own kernels: the fp32 model is exported
         with torch.inference_mode():
@@ -360,8 +367,9 @@ class ModelExport(pl.Callback):
     """Export the best checkpoint as the scanner artifact, after testing it (module docstring).
 
     Args:
-        artifact_path: the stable artifact path, e.g. ``artifacts/aif_resunet3cs.ts``.
-        run_copy_dir: directory of the copy kept with the run (``None``: no copy).
+        artifact_path: the stable (deployed) artifact path, e.g. ``artifacts/aif_resunet3cs.ts``:
+            its folder holds the artifact index, its stem is the deployed name.
+        run_export_dir: the run's folder every export is written into (``<run dir>/export``).
         model_name: model name in the metadata (the Hydra ``model`` choice).
         task: task name in the metadata.
         run_config: the run's saved config (``<run dir>/.hydra/config.yaml``), stored resolved.
@@ -380,12 +388,17 @@ class ModelExport(pl.Callback):
         calibration_cases: int8: validation cases that calibrate the activation ranges.
         int8_float_modules: int8: submodules of the network kept in float32.
         int8_reduce_range: int8: 7-bit activations (CPUs without VNNI).
+        promote: ``auto``: a real single training run deploys its export at ``artifact_path``;
+            ``never``: exports stay in ``run_export_dir``. Check runs and multirun jobs never
+            deploy.
+        debug_preset: the ``debug`` config choice (a check run when set).
+        hydra_mode: Hydra's run mode (``RUN``/``MULTIRUN``; ``None`` outside Hydra).
     """
 
     def __init__(
         self,
         artifact_path: str,
-        run_copy_dir: str | None = None,
+        run_export_dir: str,
         model_name: str | None = None,
         task: str = "aif_lv_detection",
         run_config: str | None = None,
@@ -403,9 +416,17 @@ class ModelExport(pl.Callback):
         classes: list[str] | None = None,
         output: str | None = None,
         threshold_rule: dict[str, Any] | None = None,
+        promote: str = "auto",
+        debug_preset: str | None = None,
+        hydra_mode: Any = None,
     ) -> None:
+        if promote not in PROMOTE_CHOICES:
+            raise ValueError(f"export.promote must be one of {PROMOTE_CHOICES}, got {promote!r}")
         self.artifact_path = Path(artifact_path)
-        self.run_copy_dir = Path(run_copy_dir) if run_copy_dir else None
+        self.run_export_dir = Path(run_export_dir)
+        self.promote = promote
+        self.debug_preset = debug_preset
+        self.multirun = getattr(hydra_mode, "name", str(hydra_mode)).endswith("MULTIRUN")
         self.model_name = model_name
         self.task = task
         self.run_config = run_config
@@ -424,6 +445,8 @@ class ModelExport(pl.Callback):
         self.output = output
         self.threshold_rule = dict(threshold_rule) if threshold_rule else None
         self.metadata: dict[str, Any] | None = None
+        self.exported_file: Path | None = None  # this run's export (in run_export_dir)
+        self.deployed: ArtifactVersion | None = None  # the index version it became, if any
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.wait_for_test or not trainer.is_global_zero:
@@ -477,12 +500,13 @@ class ModelExport(pl.Callback):
         preprocessing = getattr(datamodule, "preprocessing", AIFPreprocessing())
         if is_dataclass(preprocessing):
             preprocessing = asdict(preprocessing)
-        copies = (self.run_copy_dir / self.artifact_path.name,) if self.run_copy_dir else ()
+        check_run = check_run_reasons(trainer, checkpoint, self.debug_preset)
+        exported = self.run_export_dir / self.artifact_path.name
         self.metadata = export_artifact(
             net,
             int(pl_module.n_classes),
             self._parity_batch(trainer, split),
-            self.artifact_path,
+            exported,
             {
                 "task": self.task,
                 "model": self.model_name,
@@ -492,23 +516,62 @@ class ModelExport(pl.Callback):
                 "config": _run_config(self.run_config),
                 "test_metrics": test_metrics,
                 "source_checkpoint": str(checkpoint) if checkpoint else None,
+                "check_run": check_run,
             },
             atol=self.atol,
             freeze=self.freeze,
             fold_batchnorm=self.fold_batchnorm,
             onnx=self.onnx,
             onnx_atol=self.onnx_atol,
-            copies=copies,
             precision=self.precision,
             output=self.output,
             calibration=self._calibration(trainer),
             int8_float_modules=self.int8_float_modules,
             int8_reduce_range=self.int8_reduce_range,
         )
-        if self.onnx and self.run_copy_dir:
-            onnx_path = self.artifact_path.with_suffix(".onnx")
-            with atomic_write(self.run_copy_dir / onnx_path.name) as tmp:
-                shutil.copyfile(onnx_path, tmp)
+        self.exported_file = exported
+        self.deployed = self._deploy(exported, check_run)
+        if not check_run:  # a check's model is no model: nothing for the dashboard
+            from callbacks.wandb_model_artifact import log_export
+
+            log_export(trainer, self.artifact_path.stem, exported, self.deployed)
+
+    def _deploy(self, exported: Path, check_run: list[str]) -> ArtifactVersion | None:
+        """Promote a real single run's export through the index; else say where it stays."""
+        stable = self.artifact_path
+        if check_run:
+            log.warning(
+                "Check run (%s): the model was exported only into %s; the deployed %s is unchanged",
+                ", ".join(check_run),
+                exported,
+                stable,
+            )
+            return None
+        if self.multirun or self.promote == "never":
+            why = "Multirun job" if self.multirun else "export.promote=never"
+            log.info(
+                "%s: the model was exported into %s; the deployed %s changes only by `python -m "
+                "exports promote %s`%s",
+                why,
+                exported,
+                stable,
+                exported.parent.parent,
+                " or the sweep's rule (sweep_promotion=best)" if self.multirun else "",
+            )
+            return None
+        index = ArtifactIndex(stable.parent)
+        version = index.promote(
+            exported, stable.stem, reason="training run", source_run=self.run_export_dir.parent
+        )
+        log.info(
+            "Deployed %s as %s (%s); every version it replaced stays in %s/versions, listed by "
+            "`python -m exports list`",
+            exported,
+            stable,
+            version.label,
+            stable.parent,
+        )
+        return version
 
 
 # --------------------------------------------------------------------------- command line
@@ -546,16 +609,23 @@ def _load_run_config(run_dir: Path) -> DictConfig:
         HydraConfig.instance().set_config(full)
     if "export" not in cfg:  # a run from before the export group: use today's defaults
         cfg.export = OmegaConf.load(root / "conf" / "export" / "default.yaml")
+    if "run_copy_dir" in cfg.export:  # a run from before the artifact index
+        cfg.export.run_export_dir = cfg.export.pop("run_copy_dir")
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m callbacks.export CKPT [--output PATH] [--onnx]``: test, then export a ckpt."""
+    """``python -m callbacks.export CKPT [--output PATH] [--onnx]``: test, then export a ckpt.
+
+    The export goes into the run's ``export/`` folder and is deployed by the run's own rule
+    (a real single run: yes; a check run or a multirun job: no, see ``python -m exports
+    promote``); with ``--output`` it is written there as well and not deployed.
+    """
     import hydra
 
     parser = argparse.ArgumentParser(prog="python -m callbacks.export", description=main.__doc__)
     parser.add_argument("checkpoint", type=Path, help="a .ckpt inside a run directory")
-    parser.add_argument("--output", type=Path, help="artifact path (default: export.artifact_path)")
+    parser.add_argument("--output", type=Path, help="also write it here (not deployed)")
     parser.add_argument("--onnx", action="store_true", help="also write the ONNX model")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: export.precision")
     args = parser.parse_args(argv)
@@ -569,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.export.run_config = str(run_dir / ".hydra" / "config.yaml")
     cfg.export.wait_for_test = True
     if args.output:
-        cfg.export.artifact_path = str(args.output)
+        cfg.export.promote = "never"
     if args.onnx:
         cfg.export.onnx = True
     if args.precision:
@@ -587,7 +657,14 @@ def main(argv: list[str] | None = None) -> int:
             datamodule=hydra.utils.instantiate(cfg.data),
             ckpt_path=str(args.checkpoint),
         )
-    print(f"Exported {exporter.artifact_path} (test metrics: {exporter.metadata['test_metrics']})")
+    written = exporter.exported_file
+    if args.output:
+        for suffix in (".ts", ".onnx") if args.onnx else (".ts",):
+            with atomic_write(args.output.with_suffix(suffix)) as tmp:
+                shutil.copyfile(written.with_suffix(suffix), tmp)
+        written = args.output
+    deployed = f", deployed as {exporter.deployed.label}" if exporter.deployed else ""
+    print(f"Exported {written}{deployed} (test metrics: {exporter.metadata['test_metrics']})")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Command line of the inline runtime.
 
 ``python -m exports aif --model artifacts/aif_resunet3cs.ts --input cases.h5 --output results.h5
-[--figures DIR] [--threads N] [--dicom-out DIR --dicom-source SRC]``
+[--figures DIR] [--threads N] [--dicom-out DIR --dicom-source SRC]`` (``--model
+aif_resunet3cs``: the deployed model of that name; ``python -m exports list | promote``: which
+model is deployed, see ``exports.deployment_cli``)
 
 Reads every case of an AIF contract file (DESIGN.md), runs the AIF pipeline with the artifact
 loaded once, and writes ``results.h5`` and ``results.json`` (layout in ``exports.results``) and,
@@ -85,7 +87,7 @@ def run_aif(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
-    model = {"model": str(args.model), "weights_sha256": artifact.metadata["weights_sha256"]}
+    model = {"model": str(artifact.path), "weights_sha256": artifact.metadata["weights_sha256"]}
     h5_path, json_path = write_results(args.output, outcomes, model)
     failed = [o for o in outcomes if isinstance(o, CaseFailure)]
     print(
@@ -101,7 +103,8 @@ def run_aif(args: argparse.Namespace) -> int:
 def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``aif`` subcommand."""
     aif = subparsers.add_parser("aif", help="LV mask, AIF curve and features for every case")
-    aif.add_argument("--model", type=Path, help="exported artifact (.ts); not with --legacy")
+    aif.add_argument("--model", type=Path, help="exported artifact (.ts) or deployed name "
+                     "(aif_resunet3cs, aif_resunet3cs@2); not with --legacy")  # fmt: skip
     aif.add_argument(
         "--legacy",
         action="store_true",
@@ -139,12 +142,15 @@ def _run_aif_or_legacy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m exports <subcommand> ...``; each subcommand module registers its own parser
     (``add_*_parser``) with a ``handler(args) -> exit status``."""
+    from exports.deployment_cli import add_list_parser, add_promote_parser
     from exports.dicom_import_cli import add_dicom_import_parser
     from exports.mapping_cli import add_mapping_parser
 
     parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (add_aif_parser, add_mapping_parser, add_dicom_import_parser):
+    parsers = (add_aif_parser, add_mapping_parser, add_dicom_import_parser, add_list_parser,
+               add_promote_parser)  # fmt: skip
+    for register in parsers:
         register(sub)
     args = parser.parse_args(argv)
     return args.handler(args)

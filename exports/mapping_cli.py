@@ -414,7 +414,7 @@ def run_mapping(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         model_info = {
-            "model": str(args.model),
+            "model": str(artifact.path),
             "weights_sha256": artifact.metadata["weights_sha256"],
         }
     pipeline = MappingPipeline(settings, segmenter)
@@ -462,8 +462,9 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "mapping", help="T2 or ECV maps, AHA segments and slice success for every case"
     )
-    p.add_argument("--model", type=Path, help="myocardium segmentation artifact (.ts); "
-                   "default: use the masks stored in the input files")  # fmt: skip
+    p.add_argument("--model", type=Path, help="myocardium segmentation artifact (.ts) or "
+                   "deployed name (myo_unet_ft_t2); default: the masks stored in the input "
+                   "files")  # fmt: skip
     p.add_argument("--input", type=Path, help="T2 mapping file (T2 mode)")
     p.add_argument("--native", type=Path, help="native T1 mapping file (ECV mode)")
     p.add_argument("--post", type=Path, help="post-contrast T1 mapping file (ECV mode)")

@@ -309,9 +309,17 @@ def _check_cpu(metadata: dict[str, Any], path: Path) -> None:
 
 
 def load_artifact(
-    path: str | os.PathLike, expected_task: str | None = None, check_cpu: bool = True
+    path: str | os.PathLike,
+    expected_task: str | None = None,
+    check_cpu: bool = True,
+    artifacts_dir: str | os.PathLike | None = None,
 ) -> Artifact:
     """Read an artifact file, verify it and load its model (once; keep the returned object).
+
+    ``path`` is a file, or a deployed name such as ``"aif_resunet3cs"`` (``"aif_resunet3cs@2"``
+    for one version): a name resolves through ``index.json`` of ``artifacts_dir`` (default
+    ``$INLINE_CMR_ARTIFACTS`` or the repository's ``artifacts/``) to the promoted file
+    (:func:`formats.artifact_index.resolve_artifact`).
 
     Checks, in order: the file exists and is a readable archive (a truncated file fails here),
     the metadata is complete and in :data:`FORMAT`, the task matches ``expected_task`` when given,
@@ -331,7 +339,9 @@ def load_artifact(
     Raises:
         ArtifactError: any failed check; the message names the file and what is wrong.
     """
-    path = Path(path)
+    from formats.artifact_index import resolve_artifact  # it reads artifacts with this module
+
+    path = resolve_artifact(path, artifacts_dir)
     with _mapped_file(path) as data:
         metadata = _metadata_from_archive(data, path)
         if expected_task is not None and metadata["task"] != expected_task:

@@ -73,7 +73,8 @@ def test_metadata_is_complete(trained_run):
     assert meta["task"] == "aif_lv_detection" and meta["model"] == "resunet3cs"
     assert meta["classes"] == ["background", "lv", "rv"] and meta["output"] == "softmax"
     assert meta["input_shape"] == [None, 64, 64, 48]
-    assert meta["preprocessing"] == asdict(AIFPreprocessing())
+    trained_with = AIFPreprocessing(**meta["config"]["data"]["preprocessing"])
+    assert meta["preprocessing"] == asdict(trained_with)  # what the runtime will apply
     rule = meta["threshold_rule"]
     assert (rule["start"], rule["step"], rule["stop"], rule["connectivity"]) == (0.5, 0.01, 0.99, 8)
     assert meta["torch_version"] == torch.__version__

@@ -88,9 +88,12 @@ def test_fast_dev_run_for_each_modality_exports_a_myocardium_artifact(
     metrics = train(tiny_myocardium_config([f"experiment={preset}", "trainer.fast_dev_run=true"]))
     assert 0.0 <= metrics["test/dsc"] <= 1.0 and metrics["test/n_images"] > 0
     assert np.isfinite(metrics["train/loss"])
+    # a check run: exported into its run dir only, the deployed artifact is left alone
+    assert not (tmp_path / "artifacts" / TRAINING[preset][2]).exists()
     artifact = load_artifact(
-        tmp_path / "artifacts" / TRAINING[preset][2], expected_task="myocardium_segmentation"
+        tmp_path / "run" / "export" / TRAINING[preset][2], expected_task="myocardium_segmentation"
     )
+    assert artifact.metadata["check_run"][0] == "trainer.fast_dev_run"
     meta = artifact.metadata
     assert meta["model"] == TRAINING[preset][1]
     assert meta["classes"] == ["background", "myocardium"] and meta["output"] == "softmax"

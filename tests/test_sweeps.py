@@ -37,9 +37,11 @@ ONE_BATCH = [
 ]
 
 
-def run_multirun(overrides: list[str], sweep_dir: Path, data_dir: Path, monkeypatch) -> int:
-    """``python train.py -m <overrides>`` in this process; returns the exit status."""
-    argv = [str(ROOT / "train.py"), "-m", *overrides, *ONE_BATCH]
+def run_multirun(
+    overrides: list[str], sweep_dir: Path, data_dir: Path, monkeypatch, shrink=tuple(ONE_BATCH)
+) -> int:
+    """``python train.py -m <overrides> <shrink>`` in this process; returns the exit status."""
+    argv = [str(ROOT / "train.py"), "-m", *overrides, *shrink]
     argv += [f"paths.data_dir={data_dir}", f"paths.artifacts_dir={sweep_dir / 'artifacts'}"]
     argv += [f"hydra.sweep.dir={sweep_dir}"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -53,13 +55,12 @@ def run_multirun(overrides: list[str], sweep_dir: Path, data_dir: Path, monkeypa
     return 0
 
 
-def read_offline_wandb_run(run_dir: Path) -> dict:
-    """Name, group, tags and exit record of the one offline W&B run in ``<run_dir>/wandb``.
+def read_offline_wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """The protobuf ``Record``s of one offline W&B run file (``run-*.wandb``).
 
-    The ``.wandb`` file is a LevelDB-style log (7-byte header, 32 KiB blocks, records with a
-    7-byte header: CRC, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4) of protobuf ``Record``s.
+    The file is a LevelDB-style log (7-byte header, 32 KiB blocks, records with a 7-byte
+    header: CRC, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4) of protobuf ``Record``s.
     """
-    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     data, pos, chunks, records = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
@@ -73,13 +74,42 @@ def read_offline_wandb_run(run_dir: Path) -> dict:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunks)
             records.append(record)
+    return records
+
+
+def read_offline_wandb_runs(run_dir: Path) -> list[dict]:
+    """Name, group, tags, job type, exit record and logged artifacts of each offline W&B run in
+    ``<run_dir>/wandb``, in the order they started."""
+    paths = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    return [_offline_run_summary(read_offline_wandb_records(path)) for path in paths]
+
+
+def read_offline_wandb_run(run_dir: Path) -> dict:
+    """The one offline W&B run in ``<run_dir>/wandb`` (:func:`read_offline_wandb_runs`)."""
+    (run,) = read_offline_wandb_runs(run_dir)
+    return run
+
+
+def _offline_run_summary(records: list[wandb_internal_pb2.Record]) -> dict:
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     return {
         "name": run.display_name,
         "group": run.run_group,
         "tags": list(run.tags),
+        "job_type": run.job_type,
         "finished": bool(exits),
+        "artifacts": [
+            {
+                "name": a.name,
+                "type": a.type,
+                "aliases": sorted(a.aliases),
+                "metadata": json.loads(a.metadata or "{}"),
+                "files": [c.local_path for c in a.manifest.contents],
+            }
+            for a in artifacts
+        ],
     }
 
 

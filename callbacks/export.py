@@ -161,7 +161,8 @@ def cpu_requirements(precision: str, int8_reduce_range: bool) -> list[str]:
     """CPU features a model of this precision needs to run as exported (``formats.cpu_info``).
 
     bf16 needs native bf16 (elsewhere oneDNN emulates it, many times slower than fp32); fp32
-    and int8 run everywhere.
+    and int8 run everywhere (int8 with 8-bit activations was measured as accurate as fp32 on an
+    AVX2-only CPU without VNNI: ``callbacks.int8_quantization``).
     """
     return [NATIVE_BF16] if precision == "bf16" else []
 
@@ -209,7 +210,8 @@ def export_artifact(
             the same precision.
         calibration: int8 only: float [N, n_frames, RO, E1] real inputs that set the ranges.
         int8_float_modules: int8 only: submodules of ``net`` kept in float32.
-        int8_reduce_range: int8 only: 7-bit activations, for CPUs without VNNI.
+        int8_reduce_range: int8 only: 7-bit activations (measured less accurate, also without
+            VNNI; ``callbacks.int8_quantization``).
         output: ``sigmoid`` or ``softmax``; ``None``: sigmoid for 2 classes (2CS), else softmax.
             ``metadata`` may also set ``classes`` and ``threshold_rule`` (tasks other than AIF).
 
@@ -387,7 +389,7 @@ class ModelExport(pl.Callback):
         precision: ``fp32``, ``bf16`` or ``int8`` (see :func:`export_artifact`).
         calibration_cases: int8: validation cases that calibrate the activation ranges.
         int8_float_modules: int8: submodules of the network kept in float32.
-        int8_reduce_range: int8: 7-bit activations (CPUs without VNNI).
+        int8_reduce_range: int8: 7-bit activations (measured less accurate).
         promote: ``auto``: a real single training run deploys its export at ``artifact_path``;
             ``never``: exports stay in ``run_export_dir``. Check runs and multirun jobs never
             deploy.

@@ -117,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m exports <subcommand> ...``; each subcommand module registers its own parser
     (``add_*_parser``) with a ``handler(args) -> exit status``."""
     from exports.mapping_cli import add_mapping_parser
+    from exports.mrd_import_cli import add_mrd_import_parser
+    from exports.mrd_server import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (add_aif_parser, add_mapping_parser):
+    for register in (add_aif_parser, add_mapping_parser, add_serve_parser, add_mrd_import_parser):
         register(sub)
     args = parser.parse_args(argv)
     return args.handler(args)

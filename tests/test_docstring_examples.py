@@ -15,11 +15,17 @@ MODULES_WITH_EXAMPLES = [
     "datamodules.synthetic.rician_noise",
     "datamodules.mapping_transforms",
     "datamodules.transforms",
+    "exports.mrd_session",
+    "exports.whole_slice_maps",
     "formats.atomic_file",
+    "formats.mrd_header",
+    "formats.mrd_meta",
+    "formats.mrd_stream",
     "lightning_modules.losses",
     "lightning_modules.networks.resunet",
     "lightning_modules.networks.unet",
     "lightning_modules.segmentation_task",
+    "quantification.contours",
     "quantification.relaxometry",
 ]
 

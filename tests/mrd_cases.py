@@ -9,6 +9,9 @@ labels, contours and curves with a model exported for real.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import torch
 from torch import nn
 
 from callbacks.export import export_artifact
+from exports.mrd_server import InlineServer, ServerSettings
+from exports.mrd_session import InlineModels
 from formats.mrd_images import TICK_S, make_image
 from formats.mrd_meta import format_meta
 from formats.mrd_stream import ImageMessage
@@ -166,3 +171,16 @@ def write_mrd_file(
             text = json.dumps({"parameters": parameters}).encode()
             h5[group].create_dataset("configAdditional", data=[text], dtype=strings)
     return path
+
+
+@contextmanager
+def serving(models: InlineModels, **settings: object) -> Iterator[InlineServer]:
+    """A real server on a free port of 127.0.0.1, in a thread, shut down afterwards."""
+    server = InlineServer(models, "127.0.0.1", 0, ServerSettings(**settings))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(timeout_s=20.0)
+        thread.join(20.0)

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -27,7 +26,7 @@ from exports.__main__ import main
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import Acquisition, MappingPipeline, MyocardiumSegmenter
 from exports.mrd_client import exchange, run_session, session_messages
-from exports.mrd_server import InlineServer, ServerSettings, load_models
+from exports.mrd_server import InlineServer, load_models
 from exports.mrd_session import InlineModels
 from formats.artifact import load_artifact
 from formats.mrd_images import frame_times_s, make_image
@@ -41,6 +40,7 @@ from tests.mrd_cases import (
     export_aif_model,
     mapping_images,
     read_aif_phantom,
+    serving,
 )
 from tests.test_mapping_runtime import _export as export_ring_model
 
@@ -68,19 +68,6 @@ def clean_mapping(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Noise- and motion-free phantoms: what a whole-slice pixel-wise fit can get right."""
     directory = tmp_path_factory.mktemp("clean")
     return write_mapping_phantoms(directory, 1, seed=3, noise=False, motion=False)
-
-
-@contextmanager
-def serving(models: InlineModels, **settings: object) -> Iterator[InlineServer]:
-    """A real server on a free port of 127.0.0.1, in a thread, shut down afterwards."""
-    server = InlineServer(models, "127.0.0.1", 0, ServerSettings(**settings))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown(timeout_s=TIMEOUT_S)
-        thread.join(TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

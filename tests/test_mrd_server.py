@@ -149,6 +149,19 @@ def test_uint16_frames_timed_by_the_physiology_stamp(server, aif_phantoms):
 # ------------------------------------------------------------------------------------- maps
 
 
+def ecv_images(mapping: dict[str, Path]) -> tuple[list, list]:
+    """Native (series 1) and post-contrast (series 2, acquired later) images of one slice."""
+    native = mapping_images(mapping["t1_native"], ["slice_2"], "InversionTime", series_index=1)
+    post = mapping_images(
+        mapping["post_contrast"],
+        ["slice_2"],
+        "InversionTime",
+        series_index=2,
+        first_tick=15_000_000,
+    )
+    return native, post
+
+
 def test_t1_and_t2_whole_slice_maps_per_slice(clean_mapping):
     mapping = clean_mapping
     with serving(InlineModels()) as running:
@@ -198,14 +211,7 @@ def test_t2_and_ecv_in_the_myocardium_with_a_model(mapping, tmp_path):
     ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
     export_ring_model(ring[0], tmp_path / "myo.ts")
     models = load_models(None, tmp_path / "myo.ts")
-    native = mapping_images(mapping["t1_native"], ["slice_2"], "InversionTime", series_index=1)
-    post = mapping_images(
-        mapping["post_contrast"],
-        ["slice_2"],
-        "InversionTime",
-        series_index=2,
-        first_tick=15_000_000,
-    )
+    native, post = ecv_images(mapping)
     with serving(models) as running:
         ecv = run_session(
             running.address,
@@ -255,14 +261,7 @@ def test_t2_and_ecv_in_the_myocardium_with_a_model(mapping, tmp_path):
 
 
 def test_ecv_without_a_model_sends_both_t1_maps_and_the_ecv_given_blood_t1(mapping):
-    native = mapping_images(mapping["t1_native"], ["slice_2"], "InversionTime", series_index=1)
-    post = mapping_images(
-        mapping["post_contrast"],
-        ["slice_2"],
-        "InversionTime",
-        series_index=2,
-        first_tick=15_000_000,
-    )
+    native, post = ecv_images(mapping)
     with serving(InlineModels()) as running:
         plain = run_session(
             running.address,
@@ -418,16 +417,7 @@ def test_concurrent_sessions_up_to_the_bound(server, aif_phantoms):
 
 def test_serve_command_prints_its_port_serves_and_stops_on_sigterm(aif_model, aif_phantoms):
     frames, n_pd = frames_of(aif_phantoms)
-    command = [
-        sys.executable,
-        "-m",
-        "exports",
-        "serve",
-        "--port",
-        "0",
-        "--aif-model",
-        str(aif_model),
-    ]
+    command = [sys.executable, *"-m exports serve --port 0 --aif-model".split(), str(aif_model)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

@@ -42,6 +42,7 @@ from tests.mrd_cases import (
     read_aif_phantom,
     serving,
 )
+from tests.test_inline_runtime import BLOCKED_IMPORTS
 from tests.test_mapping_runtime import _export as export_ring_model
 
 TIMEOUT_S = 20.0
@@ -416,8 +417,13 @@ def test_concurrent_sessions_up_to_the_bound(server, aif_phantoms):
 
 
 def test_serve_command_prints_its_port_serves_and_stops_on_sigterm(aif_model, aif_phantoms):
+    """``python -m exports serve``, run where Lightning, Hydra and W&B cannot be imported."""
     frames, n_pd = frames_of(aif_phantoms)
-    command = [sys.executable, *"-m exports serve --port 0 --aif-model".split(), str(aif_model)]
+    serve = BLOCKED_IMPORTS + (
+        "import runpy\nsys.argv = ['exports', 'serve', '--port', '0', '--aif-model', sys.argv[1]]"
+        "\nrunpy.run_module('exports', run_name='__main__')"
+    )
+    command = [sys.executable, "-c", serve, str(aif_model)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

@@ -241,45 +241,61 @@ class ByteSource(Protocol):
 
 
 class SocketReader:
-    """A :class:`ByteSource` over a connected socket, with an idle timeout and a deadline.
+    """A buffered :class:`ByteSource` over a connected socket, with an idle timeout and a
+    deadline.
 
     Args:
         sock: a connected stream socket.
         idle_timeout_s: longest wait for the next bytes.
         deadline: ``time.monotonic()`` after which reading stops (None: no deadline).
+        chunk_bytes: bytes asked of the socket at least per ``recv`` (fewer system calls for
+            the many small reads of a message stream); the buffer never holds more than the
+            current read plus one chunk.
 
     ``read`` raises :class:`TimeoutError` when the peer is silent for ``idle_timeout_s`` or
     the deadline passes, and returns fewer bytes than asked only when the peer closed.
     """
 
     def __init__(
-        self, sock: socket.socket, idle_timeout_s: float = 60.0, deadline: float | None = None
+        self,
+        sock: socket.socket,
+        idle_timeout_s: float = 60.0,
+        deadline: float | None = None,
+        chunk_bytes: int = 1 << 16,
     ) -> None:
         self.sock = sock
         self.idle_timeout_s = idle_timeout_s
         self.deadline = deadline
+        self.chunk_bytes = chunk_bytes
         self.bytes_read = 0
+        self._pending = bytearray()
+        self._timeout: float | None = None
+
+    def _set_timeout(self) -> float:
+        timeout = self.idle_timeout_s
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("session deadline passed while reading")
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+        return timeout
 
     def read(self, n: int, /) -> bytes:
-        buffer = bytearray(n)
-        view = memoryview(buffer)
-        got = 0
-        while got < n:
-            timeout = self.idle_timeout_s
-            if self.deadline is not None:
-                timeout = min(timeout, self.deadline - time.monotonic())
-                if timeout <= 0:
-                    raise TimeoutError("session deadline passed while reading")
-            self.sock.settimeout(timeout)
+        while len(self._pending) < n:
+            timeout = self._set_timeout()
             try:
-                count = self.sock.recv_into(view[got:], n - got)
+                chunk = self.sock.recv(max(n - len(self._pending), self.chunk_bytes))
             except TimeoutError as exc:
                 raise TimeoutError(f"no data from the peer for {timeout:.1f} s") from exc
-            if count == 0:
+            if not chunk:
                 break
-            got += count
-        self.bytes_read += got
-        return bytes(buffer) if got == n else bytes(buffer[:got])
+            self._pending += chunk
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        self.bytes_read += len(data)
+        return data
 
 
 def _read_exact(source: ByteSource, n: int, what: str) -> bytes:

@@ -145,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     from exports.deployment_cli import add_list_parser, add_promote_parser
     from exports.dicom_import_cli import add_dicom_import_parser
     from exports.mapping_cli import add_mapping_parser
+    from exports.mrd_import_cli import add_mrd_import_parser
+    from exports.mrd_server import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="python -m exports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = (add_aif_parser, add_mapping_parser, add_dicom_import_parser, add_list_parser,
-               add_promote_parser)  # fmt: skip
+               add_promote_parser, add_serve_parser, add_mrd_import_parser)  # fmt: skip
     for register in parsers:
         register(sub)
     args = parser.parse_args(argv)

@@ -7,7 +7,13 @@ Models (times in ms, signals in arbitrary scanner units):
 - ``t1_2p``: ``|S(TI)| = |A * (1 - 2 * exp(-TI / T1))|`` (ideal inversion, magnitude data).
 - ``t1_3p``: ``|S(TI)| = |A - B * exp(-TI / T1)|`` (imperfect inversion); T1 is the apparent
   T1 of the exponential (no Look-Locker correction: for an ideal inversion B = 2A and it equals
-  the true T1).
+  the true T1). With ``restore_polarity=False`` the same model is fitted to the signal as it is
+  (a saturation recovery, whose signal never changes sign). The sequence models built on these
+  (STONE, MOLLI with the Look-Locker correction, ShMOLLI, SASHA) are in
+  :mod:`quantification.t1_sequences`.
+
+Times are finite and >= 0, or ``+inf`` for a fully relaxed sample (SASHA's non-saturated
+image: ``exp(-inf / T) = 0``).
 
 Solver (the same for all three, every pixel at once, no Python loop over pixels): *variable
 projection*. For a fixed relaxation time the model is linear in the amplitudes (A, or A and B),
@@ -96,6 +102,11 @@ class RelaxometryFit:
         flags: uint8 [*S] bitwise OR of the ``FLAG_`` constants; 0 = a valid fit.
         polarity: int8 [N, *S] restored sign of each sample (+1/-1) for the T1 models, all +1 for
             ``t2_3p``; the signed signal is ``polarity * |S|``.
+        t_apparent_ms: float64 [*S] the relaxation time of the fitted exponential where ``t_ms``
+            is derived from it (MOLLI's apparent T1*, :mod:`quantification.t1_sequences`);
+            None otherwise (then it equals ``t_ms``).
+        samples_used: int [*S] samples the pixel's fit used where that varies by pixel
+            (ShMOLLI: 5, 6 or 7); None when every pixel used all N.
     """
 
     model: str
@@ -106,6 +117,8 @@ class RelaxometryFit:
     r_squared: np.ndarray
     flags: np.ndarray
     polarity: np.ndarray
+    t_apparent_ms: np.ndarray | None = None
+    samples_used: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -218,7 +231,10 @@ def _evaluate(
     inv_t = 1.0 / np.exp(log_t)
     xt = np.multiply.outer(x, inv_t)  # [N, P]: TE/T or TI/T
     e = np.exp(-xt)
-    de = np.multiply(e, xt, out=xt)  # d e / d log T
+    with np.errstate(invalid="ignore"):
+        de = np.multiply(e, xt, out=xt)  # d e / d log T
+    if np.isinf(x[-1]):  # a fully relaxed sample (sorted last): e = 0 and de = 0, not 0 * inf
+        de[np.isinf(x)] = 0.0
     y = c.y
     if model in ("t1_2p", "t2_2p"):  # one column: y = a f
         if model == "t1_2p":
@@ -306,8 +322,11 @@ def _prepare(
         raise ValueError(
             f"{what}: signals must be [N, ...] with N = len(times) = {x.size}; got {y.shape}"
         )
-    if not np.all(np.isfinite(x)) or np.any(x < 0):
-        raise ValueError(f"{what}: times must be finite and >= 0 ms, got {x.tolist()}")
+    if np.any(np.isnan(x)) or np.any(x < 0) or np.all(np.isinf(x)):
+        raise ValueError(
+            f"{what}: times must be >= 0 ms (finite, or +inf for a fully relaxed sample), got "
+            f"{x.tolist()}"
+        )
     spatial = y.shape[1:]
     order = np.argsort(x, kind="stable")
     flat = y.reshape(x.size, -1)
@@ -327,6 +346,7 @@ def _run(
     flat_tolerance: float,
     chunk: int,
     beta: float = 0.0,
+    restore_polarity: bool = True,
 ) -> RelaxometryFit:
     if not 0 < t_min_ms < t_max_ms:
         raise ValueError(f"need 0 < t_min_ms < t_max_ms, got {t_min_ms}, {t_max_ms}")
@@ -357,7 +377,7 @@ def _run(
         idx = todo[start : start + chunk]
         whole = everything and idx.size == n_pix
         yy = y_safe if whole else y_safe[:, idx]
-        if model == "t1_3p":
+        if model == "t1_3p" and restore_polarity:
             res, pol = _fit_t1_3p_restored(yy, x, t_min_ms, t_max_ms, n_grid, n_refine)
             polarity[:, idx] = pol
         else:
@@ -507,6 +527,7 @@ def fit_t1(
     ti_ms: np.ndarray,
     *,
     model: Literal["t1_2p", "t1_3p"] = "t1_2p",
+    restore_polarity: bool = True,
     t_min_ms: float = 20.0,
     t_max_ms: float = 5000.0,
     n_grid: int = 32,
@@ -521,6 +542,8 @@ def fit_t1(
         ti_ms: float [N] inversion times in ms (any order).
         model: ``"t1_2p"`` ``|A(1 - 2 exp(-TI/T1))|`` (default, SPEC B2) or ``"t1_3p"``
             ``|A - B exp(-TI/T1)|``.
+        restore_polarity: ``t1_3p`` only: False fits ``A - B exp(-TI/T1)`` to the signal as it
+            is (saturation recovery, no sign change; SASHA).
         t_min_ms, t_max_ms, n_grid, n_refine, flat_tolerance, chunk: as
             :func:`fit_t2`.
 
@@ -537,5 +560,5 @@ def fit_t1(
         raise ValueError(f"model must be 't1_2p' or 't1_3p', got {model!r}")
     return _run(
         model, signals, ti_ms, t_min_ms, t_max_ms, n_grid, n_refine,
-        flat_tolerance, chunk,
+        flat_tolerance, chunk, restore_polarity=restore_polarity,
     )  # fmt: skip

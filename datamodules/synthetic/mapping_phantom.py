@@ -57,10 +57,13 @@ their sign, then the magnitude), T2 images S = sum_k f_k A_k (exp(-TE / T2_k) + 
 offset fraction b (0-4 %, slice attr ``t2_offset_fraction``).
 Then the same smooth coil shading for all images of a patient (2-4 Gaussian elements on the body
 surface, mean 1 in the body), and Rician noise: sigma = A_myo / SNR, SNR log-uniform in
-``snr_range`` (per acquisition). Motion: image n of an acquisition is image 0 rotated about the
-LV centre (up to +-3 deg) and shifted (up to +-4 px; per-axis SD 0.3-1.5 px), bilinearly
-resampled before the noise; ``truth/shift_px`` [N, 2] holds the (rows, cols) translation,
-``truth/rotation_deg`` [N] the rotation (counter-clockwise on screen). The masks are the moved
+``snr_range`` (per acquisition). Motion: image n of an acquisition shows the anatomy of image 0
+rotated about the LV centre (up to +-3 deg) and shifted (up to +-4 px; per-axis SD 0.3-1.5 px),
+rendered in that pose (the partial volumes of the moved shapes; no resampling, which blurred
+the moved images and not image 0: on noise-free T2 phantoms that inconsistency alone gave a
+slice-level T2 error of SD 0.9-1.2 ms through the offset estimate) before the noise;
+``truth/shift_px`` [N, 2] holds the (rows, cols) translation, ``truth/rotation_deg`` [N] the
+rotation (counter-clockwise on screen). The masks are the moved
 myocardium fraction >= 0.5, so ``masks[0] == (truth/labels == 1)``.
 
 File layout (one file per modality; extra datasets and attrs beyond the contract)::
@@ -98,7 +101,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from datamodules.synthetic.rician_noise import add_rician_noise
 from datamodules.synthetic.sequence_signals import (
@@ -312,8 +314,11 @@ def _coil_map(pt: dict, x: np.ndarray, y: np.ndarray, body: np.ndarray) -> np.nd
     return coil / coil[body].mean()
 
 
-def _geometry(pt: dict, rng: np.random.Generator, index: int, n_slices: int) -> dict:
-    """Tissue fractions [K, H, W] of one slice (image-0 geometry) and the myocardial maps."""
+def _geometry(
+    pt: dict, rng: np.random.Generator, index: int, n_slices: int, pose: Pose | None = None
+) -> dict:
+    """Tissue fractions [K, H, W] of one slice and the myocardial maps: the image-0 geometry, or,
+    with ``pose``, the same anatomy (same ``rng`` draws) rigidly moved (:class:`Pose`)."""
     u = rng.uniform
     pos = index / n_slices
     mm = pt["pixel_mm"]
@@ -321,6 +326,8 @@ def _geometry(pt: dict, rng: np.random.Generator, index: int, n_slices: int) -> 
     y = ((height - 1) / 2 - np.arange(height, dtype=np.float32))[:, None]  # up, px
     x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]  # right, px
     x, y = np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width))
+    if pose is not None:  # the anatomy point each pixel shows
+        x, y = pose.source_xy(x, y)
     pv = u(1.0, 1.8)  # partial-volume ramp width, px
     layers: list[tuple[int, np.ndarray]] = []  # (tissue, fraction) in painter's order
 
@@ -554,27 +561,24 @@ def _t1_readout(
     )[order], attrs  # fmt: skip
 
 
-def _rigid_grid(shape, center_rc, shift_rc: np.ndarray, rot_deg: np.ndarray) -> torch.Tensor:
-    """Sampling grid [N, H, W, 2] of grid_sample (align_corners=True): output pixel p of image n
-    reads input R^-1 (p - c - s) + c, i.e. the anatomy rotated by rot_deg (counter-clockwise on
-    screen) about c = center_rc (rows, cols) and shifted by s = shift_rc (px)."""
-    height, width = shape
-    ang = np.deg2rad(np.asarray(rot_deg, np.float64))
-    co, si = np.cos(ang), np.sin(ang)
-    # pixel (col, row) coordinates: src = M (dst - c - s) + c; on screen (rows down) a
-    # counter-clockwise rotation by +a of (dc, -dr) is undone by M = [[co, -si], [si, co]]
-    m = np.stack([np.stack([co, -si], -1), np.stack([si, co], -1)], -2)  # [N, 2, 2]
-    c = np.array([center_rc[1], center_rc[0]])
-    s = np.asarray(shift_rc, np.float64)[:, ::-1]
-    t = c - np.einsum("nij,nj->ni", m, c + s)
-    # grid_sample's normalised coordinates (align_corners=True): 2 col / (W - 1) - 1, same for rows
-    rows = np.arange(height, dtype=np.float32)[None, :, None]
-    cols = np.arange(width, dtype=np.float32)[None, None, :]
-    m, t = m.astype(np.float32)[..., None, None], t.astype(np.float32)[..., None, None]
-    src_c = m[:, 0, 0] * cols + m[:, 0, 1] * rows + t[:, 0]
-    src_r = m[:, 1, 0] * cols + m[:, 1, 1] * rows + t[:, 1]
-    grid = np.stack([src_c * np.float32(2 / (width - 1)), src_r * np.float32(2 / (height - 1))], -1)
-    return torch.from_numpy(grid - np.float32(1))
+@dataclass(frozen=True)
+class Pose:
+    """A rigid motion of the anatomy: rotation by ``rotation_deg`` (counter-clockwise on screen)
+    about ``center_xy`` (px; x right, y up from the image centre), then a shift of ``shift_rc``
+    (rows, cols; px)."""
+
+    center_xy: tuple[float, float]
+    shift_rc: tuple[float, float]
+    rotation_deg: float
+
+    def source_xy(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The anatomy coordinates (image-0 frame) shown at pixel coordinates (x, y)."""
+        ang = np.deg2rad(self.rotation_deg)
+        co, si = np.float32(np.cos(ang)), np.float32(np.sin(ang))
+        cx, cy = (np.float32(v) for v in self.center_xy)
+        dx = x - cx - np.float32(self.shift_rc[1])
+        dy = y - cy + np.float32(self.shift_rc[0])
+        return cx + co * dx + si * dy, cy - si * dx + co * dy
 
 
 def _acquire(
@@ -592,9 +596,12 @@ def _acquire(
     sequence: str = "stone",
     heart: dict | None = None,
     sequence_rng: np.random.Generator | None = None,
+    render: Callable[[Pose], tuple[np.ndarray, dict]] | None = None,
 ) -> PhantomAcquisition:
     """Weighted images, masks and truth of one slice for one modality (T1: with ``sequence``,
-    the patient's ``heart`` and a random stream for the beat intervals)."""
+    the patient's ``heart`` and a random stream for the beat intervals). With motion, image n
+    shows the anatomy re-rendered in its pose by ``render(pose) -> (fractions, myocardial
+    maps)`` (partial volume of the moved shapes, no resampling blur)."""
     frac = geo["frac"]
     height, width = labels.shape
     hct, dr1b = pt["hct"], delta_r1_blood_per_ms(pt)
@@ -602,7 +609,7 @@ def _acquire(
     sequence_attrs: dict = {"sequence": "t2prep"}
     if is_t2:
         times = np.array(TE_T2_MS, np.float32)
-        values, myo_values = table["t2"], myo["t2"]
+        values = table["t2"]
         offset = pt["t2_offset"]
 
         def unit_signal(t2: np.ndarray) -> np.ndarray:
@@ -615,21 +622,35 @@ def _acquire(
             sequence, modality, stone_times, heart or {}, sequence_rng or rng
         )
         sequence_attrs["sequence"] = sequence
-        values, myo_values = table["t1"], myo["t1"]
+        values = table["t1"]
         if modality == "post_contrast":
             values = 1 / (1 / values + table["ecv"] / (1 - hct) * dr1b)
             values[[LV_BLOOD, RV_BLOOD, AORTA]] = pt["t1_blood_post"]
-            myo_values = 1 / (1 / myo["t1"] + myo["ecv"] / (1 - hct) * np.float32(dr1b))
+
+    def myocardial_values(maps: dict) -> np.ndarray:  # T1 (native or post) or T2 per pixel
+        if is_t2:
+            return maps["t2"]
+        if modality == "post_contrast":
+            return 1 / (1 / maps["t1"] + maps["ecv"] / (1 - hct) * np.float32(dr1b))
+        return maps["t1"]
+
+    myo_values = myocardial_values(myo)
     amp = pt["gain"][modality] * table["pd"]  # [K]
-    # signed noise-free image: uniform tissues by a matrix product, myocardium per pixel
-    curves = unit_signal(values.astype(np.float32)) * amp  # [N, K]
-    uniform = frac.copy()
-    uniform[MYO] = 0
-    img = np.tensordot(curves.astype(np.float32), uniform, axes=(1, 0))  # [N, H, W]
-    rows, cols = np.nonzero(frac[MYO] > 0)
-    img[:, rows, cols] += (
-        frac[MYO, rows, cols] * np.float32(amp[MYO]) * unit_signal(myo_values[rows, cols])
-    ).astype(np.float32)
+    # signed noise-free images: uniform tissues by a matrix product, myocardium per pixel
+    curves = (unit_signal(values.astype(np.float32)) * amp).astype(np.float32)  # [N, K]
+
+    def images_of(fractions: np.ndarray, myo_t: np.ndarray, which: slice) -> np.ndarray:
+        uniform = fractions.copy()
+        uniform[MYO] = 0
+        img = np.tensordot(curves[which], uniform, axes=(1, 0))  # [n, H, W]
+        rows, cols = np.nonzero(fractions[MYO] > 0)
+        img[:, rows, cols] += (
+            fractions[MYO, rows, cols] * np.float32(amp[MYO])
+            * unit_signal(myo_t[rows, cols])[which]
+        ).astype(np.float32)  # fmt: skip
+        return img
+
+    img = images_of(frac, myo_values, slice(None))
     n = times.size
     lcx, lcy = geo["lv_center_xy"]
     center_rc = ((height - 1) / 2 - lcy, lcx + (width - 1) / 2)
@@ -640,11 +661,13 @@ def _acquire(
         sd = rng.uniform(0.3, 1.5)
         shift[1:] = np.clip(rng.normal(0, sd, (n - 1, 2)), -4, 4)
         rot[1:] = np.clip(rng.normal(0, rng.uniform(0, 1.5), n - 1), -3, 3)
-        grid = _rigid_grid((height, width), center_rc, shift[1:], rot[1:])
-        stack = torch.from_numpy(np.stack([img[1:], myo_frac[1:]], 1))  # [N-1, 2, H, W]
-        moved = F.grid_sample(stack, grid, mode="bilinear", padding_mode="border",
-                              align_corners=True).numpy()  # fmt: skip
-        img[1:], myo_frac[1:] = moved[:, 0], moved[:, 1]
+        if render is None:
+            raise ValueError("motion needs render (the anatomy in a pose)")
+        for k in range(1, n):
+            pose = Pose((lcx, lcy), (float(shift[k, 0]), float(shift[k, 1])), float(rot[k]))
+            moved, moved_maps = render(pose)
+            img[k] = images_of(moved, myocardial_values(moved_maps), slice(k, k + 1))[0]
+            myo_frac[k] = moved[MYO]
     if not is_t2:
         img = np.abs(img)
     img *= coil
@@ -751,6 +774,13 @@ def simulate_mapping_patient(
         rng = _rng(seed, patient, j + 1)
         geo = _geometry(pt, rng, j, slices_per_patient)
         myo = _myo_maps(pt, geo, rng, j)
+
+        def render(pose: Pose, j: int = j) -> tuple[np.ndarray, dict]:
+            """The slice's anatomy (the same draws) in ``pose``."""
+            replay = _rng(seed, patient, j + 1)
+            moved = _geometry(pt, replay, j, slices_per_patient, pose)
+            return moved["frac"], _myo_maps(pt, moved, replay, j)
+
         table = _tissue_table(pt, myo)
         labels = _labels(geo["frac"])
         acquisitions = {
@@ -769,6 +799,7 @@ def simulate_mapping_patient(
                 sequence,
                 heart,
                 _rng(seed, patient, j + 1, i + 1, 1),
+                render,
             )  # fmt: skip
             for i, m in enumerate(MODALITIES)
         }

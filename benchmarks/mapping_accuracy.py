@@ -83,9 +83,9 @@ def agreement(auto: list[float], ref: list[float]) -> dict[str, float]:
 def _row(label: str, stats: dict[str, float], percent: bool = False) -> str:
     if "bias" not in stats:
         return f"{label}  n={int(stats['n'])} (too few)"
-    extra = f"  ({stats['bias_percent']:+6.2f} % +- {stats['sd_percent']:5.2f} %)" if percent else ""
+    extra = f"  ({stats['bias_percent']:+6.2f} % +- {stats['sd_percent']:5.2f} %)"
     return (f"{label}  n={int(stats['n']):4d}  bias {stats['bias']:+8.3f} +- {stats['sd']:7.3f}"
-            f"{extra}  R {stats['r']:.3f}")  # fmt: skip
+            f"{extra if percent else ''}  R {stats['r']:.3f}")  # fmt: skip
 
 
 Pairs = dict[str, tuple[list[float], list[float]]]
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 pairs, note = evaluate("ecv", pipeline, phantoms(sequence=sequence))
                 print(f" {sequence}: {note}")
                 for level in levels:
-                    print(_row(f"  ECV {sequence:8s} {level:8s}", agreement(*pairs[f"pixel/{level}"])))
+                    stats = agreement(*pairs[f"pixel/{level}"])
+                    print(_row(f"  ECV {sequence:8s} {level:8s}", stats))
                 _timed(f"ECV {sequence}", start)
         if "ablations" in args.sections:
             print("\nAblations (STONE phantoms, pixel means)")

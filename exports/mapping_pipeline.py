@@ -86,6 +86,7 @@ from quantification.polar import PolarGeometry, from_polar, polar_geometry, to_p
 from quantification.relaxometry import (
     RelaxometryFit,
     estimate_offset_fraction,
+    fit_t1,
     fit_t2,
 )
 from quantification.t1_sequences import T1_SEQUENCES, fit_t1_sequence, resolve_t1_sequence
@@ -702,6 +703,27 @@ class MappingPipeline:
         stone_model = self.settings.t1_model
         return lambda y, times: fit_t1_sequence(y, times, sequence, stone_model=stone_model)
 
+    def _coil_fit(self, sequence: str, times: np.ndarray
+                  ) -> Callable[[np.ndarray], RelaxometryFit]:  # fmt: skip
+        """The fit that scores the coil gains of a T1 acquisition (``quantification.coil_shading``
+        calls it ~100 times): the sequence's own fit for STONE and SASHA; for MOLLI and ShMOLLI
+        the three-parameter fit of all samples with the polarity its first call restored kept
+        (gains of a few per cent never flip a sign), one fit per call instead of two (ShMOLLI:
+        six)."""
+        if sequence in ("stone", "sasha"):
+            model = self.settings.t1_model
+            return lambda y: fit_t1_sequence(y, times, sequence, stone_model=model)
+        first: list[np.ndarray] = []
+
+        def fit(y: np.ndarray) -> RelaxometryFit:
+            if not first or first[0].shape != y.shape:
+                result = fit_t1(y, times, model="t1_3p")
+                first[:] = [result.polarity]
+                return result
+            return fit_t1(y * first[0], times, model="t1_3p", restore_polarity=False)
+
+        return fit
+
     def _t1_images_needed(self, acquisition: Acquisition) -> int:
         return valid_t1_images_needed(acquisition.images.shape[0], self.settings.min_valid_t1)
 
@@ -791,7 +813,8 @@ class MappingPipeline:
         if reason:
             return self._finish([prepared], "t1_ms", None, False, reason, details)
         times = np.asarray(acquisition.times_ms)[prepared.used]
-        corrected = self._coil_corrected(prepared, lambda y: fit(y, times), details["t1"])
+        coil_fit = self._coil_fit(details["t1"]["sequence"], times)
+        corrected = self._coil_corrected(prepared, coil_fit, details["t1"])
         values, r_squared, roi = self._map_and_roi(
             prepared, corrected, lambda y: fit(y, times), s.t1_range_ms, details["t1"]
         )
@@ -825,7 +848,8 @@ class MappingPipeline:
         for p, name, fit in zip(prepared, ("native", "post"), fits, strict=True):
             used = p.used
             times = np.asarray(p.acquisition.times_ms)[used]
-            corrected = self._coil_corrected(p, lambda y, x=times, f=fit: f(y, x), details[name])
+            coil_fit = self._coil_fit(details[name]["sequence"], times)
+            corrected = self._coil_corrected(p, coil_fit, details[name])
             result = fit(corrected.polar, times)
             blood = blood_t1(
                 p.acquisition.images[used],

@@ -89,7 +89,12 @@ from quantification.relaxometry import (
     fit_t1,
     fit_t2,
 )
-from quantification.t1_sequences import T1_SEQUENCES, fit_t1_sequence, resolve_t1_sequence
+from quantification.t1_sequences import (
+    SHMOLLI_IR1_SAMPLES,
+    T1_SEQUENCES,
+    fit_t1_sequence,
+    resolve_t1_sequence,
+)
 
 __all__ = [
     "MYOCARDIUM_TASK",
@@ -706,21 +711,23 @@ class MappingPipeline:
     def _coil_fit(self, sequence: str, times: np.ndarray
                   ) -> Callable[[np.ndarray], RelaxometryFit]:  # fmt: skip
         """The fit that scores the coil gains of a T1 acquisition (``quantification.coil_shading``
-        calls it ~100 times): the sequence's own fit for STONE and SASHA; for MOLLI and ShMOLLI
-        the three-parameter fit of all samples with the polarity its first call restored kept
-        (gains of a few per cent never flip a sign), one fit per call instead of two (ShMOLLI:
-        six)."""
+        calls it ~100 times): the sequence's own fit for STONE and SASHA; for MOLLI the
+        three-parameter fit with the polarity its first call restored kept (gains of a few per
+        cent never flip a sign), one fit per call instead of four; ShMOLLI the same on its first
+        inversion's 5 samples (the later ones follow the curve only for short T1)."""
         if sequence in ("stone", "sasha"):
             model = self.settings.t1_model
             return lambda y: fit_t1_sequence(y, times, sequence, stone_model=model)
+        rows = list(SHMOLLI_IR1_SAMPLES) if sequence == "shmolli" else slice(None)
         first: list[np.ndarray] = []
 
         def fit(y: np.ndarray) -> RelaxometryFit:
+            y = y[rows]
             if not first or first[0].shape != y.shape:
-                result = fit_t1(y, times, model="t1_3p")
+                result = fit_t1(y, times[rows], model="t1_3p")
                 first[:] = [result.polarity]
                 return result
-            return fit_t1(y * first[0], times, model="t1_3p", restore_polarity=False)
+            return fit_t1(y * first[0], times[rows], model="t1_3p", restore_polarity=False)
 
         return fit
 

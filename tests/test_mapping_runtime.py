@@ -218,8 +218,10 @@ def _slice_means(maps_path, truth_path):
 
 
 def test_t1_maps_with_the_model_of_each_slices_sequence(molli, tmp_path):
-    out = tmp_path / "t1.h5"
-    assert _run("--t1", molli["t1_native"], "--output", out, "--segment-fit", "roi") == 0
+    out, figures = tmp_path / "t1.h5", tmp_path / "figures"
+    assert _run("--t1", molli["t1_native"], "--output", out, "--segment-fit", "roi",
+                "--figures", figures) == 0  # fmt: skip
+    assert len(list(figures.glob("case_0000_slice_*_t1_ms.png"))) == 5
     with h5py.File(out, "r") as h5:
         assert h5.attrs["mode"] == "t1" and h5.attrs["n_successful_slices"] == 5
         assert h5["case_0000"].attrs["patient_success"]

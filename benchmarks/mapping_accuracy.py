@@ -113,9 +113,10 @@ def evaluate(
     with h5py.File(truth_file, "r") as h5:
         for case_id, attrs, slices, native_slices in cases:
             patient: dict[str, list[float]] = {"auto": [], "truth": []}
+            case_t2 = pipeline.t2_case(slices) if quantity == "t2" else []
             for k, acq in enumerate(slices):
                 if quantity == "t2":
-                    result = pipeline.t2_slice(acq)
+                    result = case_t2[k]
                 elif quantity == "t1":
                     result = pipeline.t1_slice(acq)
                 else:

@@ -254,15 +254,16 @@ def run_single(
     pipeline: MappingPipeline, path: Path, insertion: str, quantity: str = "t2"
 ) -> Iterator[CaseOutcome]:
     """One outcome per case of a T2 (``quantity="t2"``) or T1 (``"t1"``) file."""
-    time_key, map_slice = (
-        ("te_ms", pipeline.t2_slice) if quantity == "t2" else ("ti_ms", pipeline.t1_slice)
-    )
+    time_key = "te_ms" if quantity == "t2" else "ti_ms"
     for case_id, attrs, slices in read_acquisitions(path, time_key, insertion):
         if isinstance(slices, Exception):
             yield CaseOutcome(case_id, [], f"{type(slices).__name__}: {slices}")
             continue
         try:
-            results = [map_slice(acq) for acq in slices]
+            if quantity == "t2":
+                results = pipeline.t2_case(slices)
+            else:
+                results = [pipeline.t1_slice(acq) for acq in slices]
         except (MappingError, ValueError) as exc:
             yield CaseOutcome(case_id, [], f"{type(exc).__name__}: {exc}")
             continue
@@ -440,6 +441,7 @@ def run_mapping(args: argparse.Namespace) -> int:
         t1_sequence=args.t1_sequence,
         t1_model=args.t1_model,
         t2_model=args.t2_model,
+        t2_offset_scope=args.t2_offset_scope,
         segment_fit=args.segment_fit,
         min_valid_t2=args.min_valid_t2,
         min_valid_t1=args.min_valid_t1,
@@ -551,6 +553,9 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--t2-model", choices=("t2_shared_offset", "t2_3p"), default=d.t2_model,
                    help="T2 model: offset B / A shared by the slice (default; efficient) or B "
                    "free per pixel (3-parameter, SPEC B2)")  # fmt: skip
+    p.add_argument("--t2-offset-scope", choices=("slice", "case"), default=d.t2_offset_scope,
+                   help="T2 shared offset B / A: one per slice or one per patient (all its "
+                   "slices)")  # fmt: skip
     p.add_argument("--segment-fit", choices=("pixel", "roi"), default=d.segment_fit,
                    help="T1 and T2 segment and slice values: means of the pixel map (pixel, "
                    "default) or a fit of each segment's mean signal (roi)")  # fmt: skip

@@ -157,6 +157,9 @@ class MappingSettings:
             that model at SNR 30 (and biased 8-27 %), while the shared offset reaches its bound
             (benchmarks/mapping_accuracy.py). It needs masks that follow the motion between
             images.
+        t2_offset_scope: ``"case"``: one B / A for all slices of a patient (``t2_case``; the
+            offset comes from the T1 recovery after the T2 preparation, the same sequence and
+            myocardium in every slice), ``"slice"``: one per slice.
         segment_fit: ``"pixel"``: segment and slice means of the pixel map; ``"roi"``: the fit
             of the mean signal of each segment's pixels, and of all analysed pixels for the
             slice mean (T1 and T2).
@@ -183,6 +186,7 @@ class MappingSettings:
     t1_sequence: str = "auto"
     t1_model: str = "t1_2p"
     t2_model: str = "t2_shared_offset"
+    t2_offset_scope: str = "slice"
     segment_fit: str = "pixel"
     min_valid_t2: int = MIN_VALID_T2_IMAGES
     min_valid_t1: int = MIN_VALID_T1_IMAGES
@@ -194,6 +198,7 @@ class MappingSettings:
             "t1_model": ("t1_2p", "t1_3p"),
             "t2_model": ("t2_shared_offset", "t2_3p"),
             "segment_fit": ("pixel", "roi"),
+            "t2_offset_scope": ("slice", "case"),
             "blood_statistic": ("pixel_median", "median", "mean"),
         }
         for key, allowed in choices.items():
@@ -416,6 +421,22 @@ class SliceResult:
     def refinement_rate(self) -> float:
         """Replaced masks / images of the slice."""
         return self.refined_images / self.n_images if self.n_images else float("nan")
+
+
+@dataclass(frozen=True)
+class _T2Slice:
+    """A T2 slice between preparation and fit."""
+
+    prepared: PreparedAcquisition
+    corrected: CorrectedPolar
+    te_ms: np.ndarray
+    details: dict[str, Any]
+
+    def mid_wall(self) -> np.ndarray:
+        """The corrected polar samples of the middle of the wall (``MID_WALL_CUT``)."""
+        polar = self.corrected.polar
+        cut = round(polar.shape[-1] * MID_WALL_CUT)
+        return polar[..., cut : polar.shape[-1] - cut]
 
 
 @dataclass(frozen=True)
@@ -773,10 +794,8 @@ class MappingPipeline:
         return self.segmenter is None and acquisition.masks is None
 
     # ---------------------------------------------------------------- T2
-    def t2_slice(self, acquisition: Acquisition) -> SliceResult:
-        """T2 map (ms) of one slice of T2-prepared images (whole slice without masks or model)."""
-        if self._unsegmented(acquisition):
-            return self.whole_slice(acquisition, "t2")
+    def _t2_prepared(self, acquisition: Acquisition) -> _T2Slice | SliceResult:
+        """A T2 slice ready for its fit (masks, polar grid, corrections), or its failed result."""
         s = self.settings
         prepared = self.prepare(acquisition)
         counts = prepared.counts()
@@ -784,20 +803,57 @@ class MappingPipeline:
         if not slice_success(counts["n_valid"], s.min_valid_t2):
             reason = f"{counts['n_valid']} valid T2-weighted images < {s.min_valid_t2}"
             return self._finish([prepared], "t2_ms", None, False, reason, details)
-        used = prepared.used
-        te = np.asarray(acquisition.times_ms)[used]
+        te = np.asarray(acquisition.times_ms)[prepared.used]
         corrected = self._coil_corrected(prepared, lambda y: fit_t2(y, te), details["t2"])
-        beta = None
-        if s.t2_model == "t2_shared_offset":  # one B / A for the slice, from the mid-wall
-            polar = corrected.polar
-            cut = round(polar.shape[-1] * MID_WALL_CUT)
-            beta = estimate_offset_fraction(polar[..., cut : polar.shape[-1] - cut], te)
-            details["t2"]["offset_fraction"] = beta
+        return _T2Slice(prepared, corrected, te, details)
+
+    def _t2_mapped(self, t2: _T2Slice, beta: float | None) -> SliceResult:
+        if beta is not None:
+            t2.details["t2"]["offset_fraction"] = beta
         values, r_squared, roi = self._map_and_roi(
-            prepared, corrected, lambda y: fit_t2(y, te, offset_fraction=beta), s.t2_range_ms,
-            details["t2"],
+            t2.prepared, t2.corrected, lambda y: fit_t2(y, t2.te_ms, offset_fraction=beta),
+            self.settings.t2_range_ms, t2.details["t2"],
         )  # fmt: skip
-        return self._finish([prepared], "t2_ms", values, True, "", details, roi, r_squared)
+        return self._finish([t2.prepared], "t2_ms", values, True, "", t2.details, roi, r_squared)
+
+    def t2_slice(self, acquisition: Acquisition) -> SliceResult:
+        """T2 map (ms) of one slice of T2-prepared images (whole slice without masks or model);
+        a shared offset is estimated from this slice alone."""
+        if self._unsegmented(acquisition):
+            return self.whole_slice(acquisition, "t2")
+        t2 = self._t2_prepared(acquisition)
+        if isinstance(t2, SliceResult):
+            return t2
+        beta = None
+        if self.settings.t2_model == "t2_shared_offset":
+            beta = estimate_offset_fraction(t2.mid_wall(), t2.te_ms)
+        return self._t2_mapped(t2, beta)
+
+    def t2_case(self, acquisitions: list[Acquisition]) -> list[SliceResult]:
+        """T2 maps of all slices of one patient; with ``t2_offset_scope="case"`` the shared
+        offset B / A is estimated once from the mid-wall of all its slices (one sequence, one
+        myocardium: the same B / A), else per slice (:meth:`t2_slice`)."""
+        if self.settings.t2_offset_scope != "case" or self.settings.t2_model != "t2_shared_offset":
+            return [self.t2_slice(a) for a in acquisitions]
+        ready = {
+            k: self._t2_prepared(a) for k, a in enumerate(acquisitions) if not self._unsegmented(a)
+        }
+        fitted = [t for t in ready.values() if isinstance(t, _T2Slice)]
+        beta = None
+        if fitted:
+            beta = estimate_offset_fraction([t.mid_wall() for t in fitted],
+                                            [t.te_ms for t in fitted])  # fmt: skip
+        results = []
+        for k, acquisition in enumerate(acquisitions):
+            t2 = ready.get(k)
+            if t2 is None:
+                results.append(self.whole_slice(acquisition, "t2"))
+            elif isinstance(t2, SliceResult):
+                results.append(t2)
+            else:
+                t2.details["t2"]["offset_scope"] = "case"
+                results.append(self._t2_mapped(t2, beta))
+        return results
 
     # ---------------------------------------------------------------- T1
     def t1_slice(self, acquisition: Acquisition) -> SliceResult:

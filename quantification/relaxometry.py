@@ -533,9 +533,12 @@ def fit_t2(
 
 
 def estimate_offset_fraction(
-    signals: np.ndarray, te_ms: np.ndarray, max_fraction: float = 0.5
+    signals: np.ndarray | list[np.ndarray],
+    te_ms: np.ndarray | list[np.ndarray],
+    max_fraction: float = 0.5,
 ) -> float:
-    """Offset fraction beta = B / A shared by a set of T2 curves (e.g. the mid-wall of a slice).
+    """Offset fraction beta = B / A shared by a set of T2 curves (e.g. the mid-wall of a slice,
+    or of all slices of a patient: lists of signals and their echo times).
 
     The T2-prep offset comes from T1 recovery after the preparation and is proportional to the
     magnetisation A for tissues of similar T1 (one myocardium), so one beta per slice is a good
@@ -545,8 +548,8 @@ def estimate_offset_fraction(
     noise of the three-parameter fit into T2.
 
     Args:
-        signals: float [N, *S] T2-prepared signals.
-        te_ms: float [N] echo times, ms.
+        signals: float [N, *S] T2-prepared signals, or a list of such arrays (their own N).
+        te_ms: float [N] echo times, ms (a list: one per array of ``signals``).
         max_fraction: search range [0, max_fraction].
 
     Returns:
@@ -554,12 +557,18 @@ def estimate_offset_fraction(
     """
     from scipy.optimize import minimize_scalar
 
-    y = np.asarray(signals, dtype=np.float64).reshape(len(te_ms), -1)
-    y = y / (float(np.mean(np.abs(y))) or 1.0)
+    groups = list(zip(signals, te_ms, strict=True)) if isinstance(signals, list) else [
+        (signals, te_ms)
+    ]  # fmt: skip
+    curves = [np.asarray(y, dtype=np.float64).reshape(len(te), -1) for y, te in groups]
+    scale = float(np.mean(np.abs(np.concatenate([y.ravel() for y in curves])))) or 1.0
 
     def total_rss(beta: float) -> float:
-        rss = fit_t2(y, te_ms, offset_fraction=beta).rss
-        return float(np.sum(rss[np.isfinite(rss)]))
+        total = 0.0
+        for y, (_, te) in zip(curves, groups, strict=True):
+            rss = fit_t2(y / scale, te, offset_fraction=beta).rss
+            total += float(np.sum(rss[np.isfinite(rss)]))
+        return total
 
     res = minimize_scalar(total_rss, bounds=(0.0, max_fraction), method="bounded",
                           options={"xatol": 1e-5})  # fmt: skip

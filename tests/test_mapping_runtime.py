@@ -313,3 +313,18 @@ def test_t2_segments_from_region_fits(phantoms, tmp_path):
             ok = np.isfinite(values) & np.isfinite(truth)
             assert group.attrs["mean"] == pytest.approx(truth[ok].mean(), abs=2.5)
             assert np.isfinite(group["segments"][()]).sum() >= 4
+
+
+def test_t2_offset_shared_by_the_slices_of_a_patient(phantoms, tmp_path):
+    out = tmp_path / "case.h5"
+    assert _run("--input", phantoms["t2"], "--output", out, "--t2-offset-scope", "case") == 0
+    slices = json.loads(out.with_suffix(".json").read_text())["cases"]["case_0000"]["slices"]
+    betas = {s["details"]["t2"]["offset_fraction"] for s in slices.values()}
+    assert len(betas) == 1 and {s["details"]["t2"]["offset_scope"] for s in slices.values()} == {
+        "case"
+    }
+    with h5py.File(phantoms["t2"], "r") as src:
+        truth = src["case_0000/slice_0"].attrs["t2_offset_fraction"]  # the phantom's B / A
+    assert betas.pop() == pytest.approx(truth, abs=0.01)
+    bias, n = _bias(out, phantoms["t2"], "t2_ms", "truth/t2_ms")
+    assert n == 5 and abs(bias) < 2.0

@@ -321,7 +321,8 @@ def _fit_flat(
     docstring). For ``t1_2p`` the magnitude model's RSS has a kink wherever a sample crosses
     the null (``T1 = TI / ln 2``), which can separate two close local minima (measured on noisy
     phantom pixels: 2 % apart in T1, 4.5 % of the pixels in the other one); the basins just
-    across the nearest kink on either side are refined too and the lowest RSS is kept.
+    across the nearest kink on either side, when it lies within a grid step, are refined too
+    and the lowest RSS is kept.
     """
     c = _Curves(y)
     bounds = lo, hi = np.log(t_min_ms), np.log(t_max_ms)
@@ -336,9 +337,11 @@ def _fit_flat(
         kinks = np.log(x[np.isfinite(x) & (x > 0)] / np.log(2.0))  # sorted, as x
         if kinks.size:
             j = np.searchsorted(kinks, log_t)
+            h = float(log_grid[1] - log_grid[0])
             for k, side in ((j - 1, -1.0), (j, 1.0)):  # the kink below and the one above
                 valid = (k >= 0) & (k < kinks.size)
-                idx = np.flatnonzero(valid)
+                near = np.abs(kinks[np.clip(k, 0, kinks.size - 1)] - log_t) < h  # else the grid
+                idx = np.flatnonzero(valid & near)  # would have seen the other basin
                 if idx.size == 0:
                     continue
                 start = np.clip(kinks[k[idx]] + side * 1e-3, lo, hi)

@@ -137,6 +137,8 @@ class MappingDataModule(SplitDataModule):
         path: HDF5 file in the mapping contract, or ``None`` for the synthetic phantoms.
         data_dir: where the synthetic phantom files are cached.
         n_patients, slices_per_patient, phantom_seed: synthetic set size and seed.
+        sequence: T1 sequence of the synthetic native and post-contrast images (``stone``,
+            ``molli``, ``shmolli``, ``sasha``; :mod:`datamodules.synthetic.mapping_phantom`).
         val_fraction, test_fraction: shares of patients in val and test.
         split_seed: seed of the patient split (and of the order in which ``max_train_images``
             keeps training patients).
@@ -163,6 +165,7 @@ class MappingDataModule(SplitDataModule):
         n_patients: int = 24,
         slices_per_patient: int = 5,
         phantom_seed: int = 0,
+        sequence: str = "stone",
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 0,
@@ -218,8 +221,9 @@ class MappingDataModule(SplitDataModule):
     def _phantom_files(self) -> dict[str, Path]:
         hp = self.hparams
         return mapping_phantom_paths(
-            hp.data_dir, hp.n_patients, hp.phantom_seed, hp.slices_per_patient
-        )
+            hp.data_dir, hp.n_patients, hp.phantom_seed, hp.slices_per_patient,
+            sequence=hp.sequence,
+        )  # fmt: skip
 
     def prepare_data(self) -> None:
         hp = self.hparams
@@ -227,8 +231,9 @@ class MappingDataModule(SplitDataModule):
             # missing, or cached by an older generator version: (re)write all three files
             log.info("Writing synthetic mapping phantoms (3 modalities) to %s", hp.data_dir)
             write_mapping_phantoms(
-                hp.data_dir, hp.n_patients, hp.phantom_seed, hp.slices_per_patient
-            )
+                hp.data_dir, hp.n_patients, hp.phantom_seed, hp.slices_per_patient,
+                sequence=hp.sequence,
+            )  # fmt: skip
 
     def _train_items(
         self, slices: list[MappingSliceInfo], train_cases: list[str]

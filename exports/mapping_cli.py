@@ -1,4 +1,9 @@
-"""``python -m exports mapping``: inline T2 or ECV mapping of every slice of mapping files.
+"""``python -m exports mapping``: inline T1, T2 or ECV mapping of every slice of mapping files.
+
+T1 (native or post-contrast; the model of the slice attr ``sequence``, or ``--t1-sequence``)::
+
+    python -m exports mapping [--model ...] --t1 t1.h5 --output maps.h5
+        [--t1-sequence auto|stone|molli|shmolli|sasha]
 
 T2::
 
@@ -8,24 +13,32 @@ ECV (the native and post-contrast files hold the same cases and slices)::
 
     python -m exports mapping [--model ...] --native native.h5 --post post.h5 --output maps.h5
 
-Without ``--model`` the masks stored in the files are used (to test the science alone).
+Without ``--model`` the masks stored in the files are used (to test the science alone); with
+neither (T1 and T2), every pixel of every slice is fitted in its native geometry: whole-slice
+maps, no segments (:mod:`exports.whole_slice_maps`). ``--segment-fit roi`` fits the mean signal
+of each AHA segment (and of the whole analysed myocardium for the slice mean) instead of
+averaging the pixel map.
 ``--figures DIR`` writes one PNG per slice (the map over the anatomy). Thresholds are flags with
 the SPEC B2/B4 defaults (``--help``).
 
 Output HDF5 (written atomically; ``<output>.json``, e.g. ``results.json`` for ``results.h5``,
 holds the same figures)::
 
-    /<case_id>/<slice_id>/t2_ms | ecv_percent  float32 [H, W]  map in the input geometry (the
-                                                 reference image: image 0 unless excluded; post-
-                                                 contrast for ECV), NaN outside the analysed
-                                                 myocardium and on failed slices
+    /<case_id>/<slice_id>/t1_ms | t2_ms | ecv_percent  float32 [H, W]  map in the input
+                                     geometry (the reference image: image 0 unless excluded;
+                                     post-contrast for ECV), NaN outside the analysed myocardium
+                                     (whole-slice maps: where there is no signal or the fit
+                                     failed) and on failed slices
+    /<case_id>/<slice_id>/r_squared  float32 [H, W]  T1 and T2: R^2 of each pixel's fit
     /<case_id>/<slice_id>/segments   float64 [16]   mean per AHA segment 1-16, NaN where absent
+                                                    (not written for whole-slice maps)
     attrs on the slice:  success (bool), refined_images (int), n_images, refinement_rate, reason,
-                         level, mean, n_pixels, insertion_deg, insertion_source
+                         level, mean, n_pixels, insertion_deg, insertion_source, whole_slice,
+                         sequence (T1: the model used), segment_fit
     attrs on /<case_id>: status ("ok" | "failed"), error (failed), patient_success (SPEC B4),
                          patient_mean (mean of the myocardial pixels of the successful slices),
                          n_slices, n_successful_slices
-    attrs on /:          mode ("t2" | "ecv"), inputs, model, weights_sha256, n_cases_ok,
+    attrs on /:          mode ("t1" | "t2" | "ecv"), inputs, model, weights_sha256, n_cases_ok,
                          n_cases_failed, n_slices, n_successful_slices, refined_images, n_images,
                          refinement_rate
 
@@ -75,6 +88,7 @@ from formats.mapping_contract import (
     read_mapping_slice,
 )
 from quantification.aha_segments import patient_success
+from quantification.t1_sequences import T1_SEQUENCES
 
 __all__ = [
     "CaseOutcome",
@@ -82,6 +96,7 @@ __all__ = [
     "add_mapping_parser",
     "read_acquisitions",
     "run_mapping",
+    "run_single",
     "write_mapping_results",
 ]
 
@@ -140,6 +155,7 @@ def _slice_summary(result: SliceResult) -> dict[str, Any]:
         "segments": dict(zip(range(1, 17), _nan_to_none(result.segments), strict=True)),
         "insertion_deg": insertion.anterior_deg if insertion else None,
         "insertion_source": insertion.source if insertion else None,
+        "whole_slice": result.whole_slice,
         "details": result.details,
     }
 
@@ -159,6 +175,7 @@ def _acquisition(sl: MappingSlice, insertion: str) -> Acquisition:
         masks=sl.masks,
         level=info.level,
         rv_insertion_deg=float(given) if given is not None else None,
+        sequence=info.attrs.get("sequence"),
     )
 
 
@@ -238,14 +255,20 @@ def _patient_id(attrs: dict[str, Any]) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def run_t2(pipeline: MappingPipeline, path: Path, insertion: str) -> Iterator[CaseOutcome]:
-    """One outcome per case of a T2 file."""
-    for case_id, attrs, slices in read_acquisitions(path, "te_ms", insertion):
+def run_single(
+    pipeline: MappingPipeline, path: Path, insertion: str, quantity: str = "t2"
+) -> Iterator[CaseOutcome]:
+    """One outcome per case of a T2 (``quantity="t2"``) or T1 (``"t1"``) file."""
+    time_key = "te_ms" if quantity == "t2" else "ti_ms"
+    for case_id, attrs, slices in read_acquisitions(path, time_key, insertion):
         if isinstance(slices, Exception):
             yield CaseOutcome(case_id, [], f"{type(slices).__name__}: {slices}")
             continue
         try:
-            results = [pipeline.t2_slice(acq) for acq in slices]
+            if quantity == "t2":
+                results = pipeline.t2_case(slices)
+            else:
+                results = [pipeline.t1_slice(acq) for acq in slices]
         except (MappingError, ValueError) as exc:
             yield CaseOutcome(case_id, [], f"{type(exc).__name__}: {exc}")
             continue
@@ -333,7 +356,10 @@ def write_mapping_results(
             for result in outcome.slices:
                 sub = group.create_group(result.slice_id)
                 sub.create_dataset(result.quantity, data=result.values.astype(np.float32))
-                sub.create_dataset("segments", data=result.segments.astype(np.float64))
+                if result.r_squared is not None:
+                    sub.create_dataset("r_squared", data=result.r_squared.astype(np.float32))
+                if not result.whole_slice:
+                    sub.create_dataset("segments", data=result.segments.astype(np.float64))
                 figures = summaries[outcome.case_id]["slices"][result.slice_id]
                 sub.attrs["success"] = bool(result.success)
                 sub.attrs["refined_images"] = int(result.refined_images)
@@ -347,6 +373,11 @@ def write_mapping_results(
                     np.nan if figures["insertion_deg"] is None else figures["insertion_deg"]
                 )
                 sub.attrs["insertion_source"] = attr(figures["insertion_source"])
+                sub.attrs["whole_slice"] = bool(result.whole_slice)
+                sub.attrs["segment_fit"] = result.details.get("segment_fit", "pixel")
+                sequence = result.details.get("t1", {}).get("sequence")
+                if sequence is not None:
+                    sub.attrs["sequence"] = sequence
     json_path = path.with_suffix(".json")
     with atomic_write(json_path) as tmp:
         document = _finite_or_none({**totals, "cases": summaries})
@@ -373,13 +404,29 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
+def _fallback_note(outcome: CaseOutcome) -> str:
+    """A line for a case whose T1 slices had no ``sequence`` attr ("" if none)."""
+    n = sum(
+        s.details.get(key, {}).get("sequence_source") == "fallback"
+        for s in outcome.slices
+        for key in ("t1", "native", "post")
+    )
+    if not n:
+        return ""
+    return (f"{outcome.case_id}: no slice attr 'sequence' on {n} T1 acquisition(s): fitted with "
+            "the STONE model (SPEC B2); choose with --t1-sequence")  # fmt: skip
+
+
 def run_mapping(args: argparse.Namespace) -> int:
     """The ``mapping`` subcommand; returns the exit status."""
-    t2_mode = args.input is not None
-    if t2_mode == (args.native is not None or args.post is not None):
-        print("error: give --input (T2) or both --native and --post (ECV)", file=sys.stderr)
+    modes = [args.input is not None, args.t1 is not None,
+             args.native is not None or args.post is not None]  # fmt: skip
+    if sum(modes) != 1:
+        print("error: give one of --input (T2), --t1 (T1) or both --native and --post (ECV)",
+              file=sys.stderr)  # fmt: skip
         return 2
-    if not t2_mode and (args.native is None or args.post is None):
+    mode = ("t2", "t1", "ecv")[modes.index(True)]
+    if mode == "ecv" and (args.native is None or args.post is None):
         print("error: ECV needs both --native and --post", file=sys.stderr)
         return 2
     if (problem := dicom_output_arguments_error(args)) is not None:
@@ -393,13 +440,17 @@ def run_mapping(args: argparse.Namespace) -> int:
         prune_px=args.prune_px,
         t2_range_ms=tuple(args.t2_range_ms),
         ecv_range_percent=tuple(args.ecv_range_percent),
+        t1_range_ms=tuple(args.t1_range_ms),
         blood_radius_px=args.blood_radius_px,
         blood_margin_px=args.blood_margin_px,
         blood_statistic=args.blood_statistic,
         coil_correction=not args.no_coil_correction,
         noise_floor_correction=not args.no_noise_floor_correction,
+        t1_sequence=args.t1_sequence,
         t1_model=args.t1_model,
         t2_model=args.t2_model,
+        t2_offset_scope=args.t2_offset_scope,
+        segment_fit=args.segment_fit,
         min_valid_t2=args.min_valid_t2,
         min_valid_t1=args.min_valid_t1,
         mask_threshold=args.mask_threshold,
@@ -418,9 +469,9 @@ def run_mapping(args: argparse.Namespace) -> int:
             "weights_sha256": artifact.metadata["weights_sha256"],
         }
     pipeline = MappingPipeline(settings, segmenter)
-    if t2_mode:
-        inputs = str(args.input)
-        cases = run_t2(pipeline, args.input, args.insertion)
+    if mode != "ecv":
+        inputs = str(args.input if mode == "t2" else args.t1)
+        cases = run_single(pipeline, Path(inputs), args.insertion, mode)
     else:
         inputs = f"{args.native} {args.post}"
         cases = run_ecv(pipeline, args.native, args.post, args.insertion, args.hematocrit)
@@ -434,6 +485,8 @@ def run_mapping(args: argparse.Namespace) -> int:
                 continue
             ok = sum(s.success for s in outcome.slices)
             print(f"{outcome.case_id}: {ok} of {len(outcome.slices)} slices ok")
+            if note := _fallback_note(outcome):
+                print(note)
             if args.figures:
                 from exports.mapping_figures import plot_slice
 
@@ -443,7 +496,7 @@ def run_mapping(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
-    header = {"mode": "t2" if t2_mode else "ecv", "inputs": inputs, **model_info}
+    header = {"mode": mode, "inputs": inputs, **model_info}
     h5_path, json_path = write_mapping_results(args.output, outcomes, header)
     failed = [o for o in outcomes if not o.ok]
     print(
@@ -460,12 +513,13 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``mapping`` subcommand on an ``argparse`` subparsers object."""
     d = MappingSettings()
     p = subparsers.add_parser(
-        "mapping", help="T2 or ECV maps, AHA segments and slice success for every case"
+        "mapping", help="T1, T2 or ECV maps, AHA segments and slice success for every case"
     )
     p.add_argument("--model", type=Path, help="myocardium segmentation artifact (.ts) or "
                    "deployed name (myo_unet_ft_t2); default: the masks stored in the input "
                    "files")  # fmt: skip
     p.add_argument("--input", type=Path, help="T2 mapping file (T2 mode)")
+    p.add_argument("--t1", type=Path, help="native or post-contrast T1 mapping file (T1 mode)")
     p.add_argument("--native", type=Path, help="native T1 mapping file (ECV mode)")
     p.add_argument("--post", type=Path, help="post-contrast T1 mapping file (ECV mode)")
     p.add_argument("--output", type=Path, required=True, help="results HDF5 (+ .json beside)")
@@ -485,6 +539,8 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="valid T2 range, ms")  # fmt: skip
     p.add_argument("--ecv-range-percent", type=float, nargs=2, default=d.ecv_range_percent,
                    help="valid ECV range, %%")  # fmt: skip
+    p.add_argument("--t1-range-ms", type=float, nargs=2, default=d.t1_range_ms,
+                   help="valid myocardial T1 range, ms")  # fmt: skip
     p.add_argument("--blood-radius-px", type=float, default=d.blood_radius_px,
                    help="blood-pool disc radius at the myocardial centroid, input px")  # fmt: skip
     p.add_argument("--blood-margin-px", type=float, default=d.blood_margin_px,
@@ -501,11 +557,20 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="fit the magnitude samples as they are (no Rician floor removal)",
     )
+    p.add_argument("--t1-sequence", choices=("auto", *T1_SEQUENCES), default=d.t1_sequence,
+                   help="T1 model (T1 and ECV): the slice attr 'sequence' (auto, default; STONE "
+                   "when absent) or stone | molli | shmolli | sasha for every slice")  # fmt: skip
     p.add_argument("--t1-model", choices=("t1_2p", "t1_3p"), default=d.t1_model,
-                   help="T1 model: 2-parameter (default) or 3-parameter")  # fmt: skip
+                   help="STONE's model: 2-parameter (default, SPEC B2) or 3-parameter")  # fmt: skip
     p.add_argument("--t2-model", choices=("t2_shared_offset", "t2_3p"), default=d.t2_model,
-                   help="T2 model: B free per pixel (3-parameter, SPEC B2; default) or offset "
-                   "B / A shared by the slice")  # fmt: skip
+                   help="T2 model: offset B / A shared by the slice (default; efficient) or B "
+                   "free per pixel (3-parameter, SPEC B2)")  # fmt: skip
+    p.add_argument("--t2-offset-scope", choices=("slice", "case"), default=d.t2_offset_scope,
+                   help="T2 shared offset B / A: one per slice or one per patient (all its "
+                   "slices)")  # fmt: skip
+    p.add_argument("--segment-fit", choices=("pixel", "roi"), default=d.segment_fit,
+                   help="T1 and T2 segment and slice values: means of the pixel map (pixel, "
+                   "default) or a fit of each segment's mean signal (roi)")  # fmt: skip
     p.add_argument("--min-valid-t2", type=int, default=d.min_valid_t2,
                    help="slice success: valid T2-weighted images needed")  # fmt: skip
     p.add_argument("--min-valid-t1", type=int, default=d.min_valid_t1,

@@ -1,4 +1,4 @@
-"""One PNG per mapped slice: the T2 or ECV map over the anatomy, with the AHA segment values.
+"""One PNG per mapped slice: the T1, T2 or ECV map over the anatomy, with the AHA segment values.
 
 matplotlib (Agg) is imported when a figure is drawn, so the runtime never pays for it.
 """
@@ -16,8 +16,9 @@ from formats.atomic_file import atomic_write
 __all__ = ["DISPLAY_RANGE", "plot_slice"]
 
 DISPLAY_RANGE = {"t2_ms": (30.0, 100.0), "ecv_percent": (10.0, 60.0)}
-"""Colour scale of each map (the valid ranges of SPEC B2), in the map's units."""
-_LABEL = {"t2_ms": "T2 (ms)", "ecv_percent": "ECV (%)"}
+"""Colour scale of each map (the valid ranges of SPEC B2), in the map's units; T1 maps (native
+or post-contrast) scale to their own values."""
+_LABEL = {"t1_ms": "T1 (ms)", "t2_ms": "T2 (ms)", "ecv_percent": "ECV (%)"}
 
 
 def plot_slice(result: SliceResult, directory: str | os.PathLike) -> Path:

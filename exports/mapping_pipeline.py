@@ -1,4 +1,5 @@
-"""Inline T2 and ECV mapping of one short-axis slice (SPEC B2), from images to maps and segments.
+"""Inline T1, T2 and ECV mapping of one short-axis slice (SPEC B2), from images to maps and
+segments.
 
 Per acquisition (the N weighted images of one slice):
 
@@ -13,10 +14,11 @@ Per acquisition (the N weighted images of one slice):
    radii, :func:`common_ring`), which aligns the images; the *reference* geometry is that of
    the first used image (image 0 unless it was excluded), so maps come out in its pixels.
 5. Pixel-wise fit on the polar grid (``quantification.relaxometry``): T2 ``A exp(-TE/T2) + B``
-   (B free per pixel as in SPEC B2; B / A shared by the slice with ``t2_model``), or T1
-   (two-parameter with polarity restoration by default) for native and post-contrast images,
-   plus blood T1 from the cavity pixels of the 5 px disc at the myocardial centroid
-   (``quantification.ecv``). Before the fit
+   (by default B / A shared by the slice, ``t2_model``; B free per pixel as in SPEC B2 with
+   ``t2_3p``), or T1 with the model of the slice's sequence (``quantification.t1_sequences``:
+   STONE, MOLLI, ShMOLLI, SASHA; the slice attr ``sequence`` with ``t1_sequence="auto"``,
+   STONE when it is absent), plus, for ECV, blood T1 from the cavity pixels of the 5 px disc at
+   the myocardial centroid (``quantification.ecv``). Before the fit
    the Rician noise floor is removed (sigma from the image frame, ``quantification.noise_floor``)
    and the per-image receive-coil gains caused by the heart moving through the fixed coil
    sensitivity are estimated and divided out (``quantification.coil_shading``).
@@ -24,6 +26,13 @@ Per acquisition (the N weighted images of one slice):
    sample (angle, depth) is the same tissue in both), back to Cartesian pixels of the reference
    image, boundary pruning, valid range; AHA segments from the RV insertion point (given, e.g. the
    file attribute ``rv_insertion_deg``, or estimated) and the SPEC B4 slice success rule.
+
+With ``segment_fit="roi"`` (T1 and T2) each AHA segment's value is the fit of the mean signal
+of its pixels (the aligned images resampled on the reference image's pixels) and the slice mean
+the fit of the mean signal of all analysed pixels, instead of means of the pixel map.
+
+Without masks and without a segmentation model, T1 and T2 slices are mapped whole
+(:mod:`exports.whole_slice_maps`: every pixel with signal, native geometry, no segments).
 
 A slice that fails the success rule (too few valid images) is reported with its reason and
 all-NaN maps. Importable with torch, NumPy and SciPy only (no h5py, Lightning, Hydra or W&B).
@@ -38,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exports.whole_slice_maps import whole_slice_map
 from formats.artifact import MYOCARDIUM_TASK, Artifact, ArtifactError
 from quantification.aha_segments import (
     MIN_VALID_T1_IMAGES,
@@ -48,12 +58,14 @@ from quantification.aha_segments import (
     estimate_rv_insertion,
     segment_means,
     slice_success,
+    valid_t1_images_needed,
 )
 from quantification.coil_shading import estimate_coil_gradient
 from quantification.ecv import (
     BLOOD_DISC_RADIUS_PX,
     BLOOD_MARGIN_PX,
     ECV_RANGE_PERCENT,
+    T1_RANGE_MS,
     T2_RANGE_MS,
     blood_t1,
     ecv_percent,
@@ -77,10 +89,17 @@ from quantification.relaxometry import (
     fit_t1,
     fit_t2,
 )
+from quantification.t1_sequences import (
+    SHMOLLI_IR1_SAMPLES,
+    T1_SEQUENCES,
+    fit_t1_sequence,
+    resolve_t1_sequence,
+)
 
 __all__ = [
     "MYOCARDIUM_TASK",
     "Acquisition",
+    "CorrectedPolar",
     "MappingError",
     "MappingPipeline",
     "MappingSettings",
@@ -91,6 +110,13 @@ __all__ = [
 ]
 
 """``metadata["task"]`` of the myocardium segmentation artifacts."""
+
+
+MID_WALL_CUT = 5 / 16
+"""The T2 offset shared by a slice is estimated from the middle of the wall: this fraction of the
+transmural samples is left out at each border. Blood at the endocardium decays so slowly over
+TE <= 60 ms that a sample with some of it looks like offset (noise-free phantoms: leaving out a
+quarter at each border gave a slice T2 bias of -0.21 ms, 5/16 -0.08 ms)."""
 
 
 class MappingError(ValueError):
@@ -110,7 +136,7 @@ class MappingSettings:
         prune_px: boundary pixels removed by erosion (each of endo- and epicardium). 2: on the
             phantoms the errors sit in the outer 2 px (partial volume 1-1.8 px plus the blur of
             resampling moved images); the third pixel in had no error (measured, noise-free).
-        t2_range_ms, ecv_range_percent: valid ranges; values outside become NaN.
+        t2_range_ms, ecv_range_percent, t1_range_ms: valid ranges; values outside become NaN.
         blood_radius_px: blood-pool disc radius at the myocardial centroid, input pixels.
         blood_statistic: ``"pixel_median"`` (median of the per-pixel T1s of the cavity pixels of
             the disc), ``"median"`` or ``"mean"`` (of the disc signal; the paper: mean).
@@ -120,14 +146,29 @@ class MappingSettings:
             (``quantification.coil_shading``) and divide them out before the fits.
         blood_margin_px: blood-pool pixels lie more than this from the myocardium (partial
             volume; :func:`quantification.ecv.blood_pool_pixels`), input pixels.
-        t1_model: ``"t1_2p"`` (SPEC B2) or ``"t1_3p"``.
-        t2_model: ``"t2_3p"`` (default, SPEC B2): ``A exp(-TE/T2) + B`` with B free per
-            pixel, or ``"t2_shared_offset"``: B / A one value per slice (estimated from the
-            mid-wall, ``relaxometry.estimate_offset_fraction``). With TE <= 60 ms a free B is
-            nearly degenerate with T2: on the phantoms at the default SNR 10-60 the shared offset
-            cut the per-segment T2 SD from 6.1 to 2.8 ms (benchmarks/mapping_accuracy.py), but
-            it needs masks that follow the motion between images.
-        min_valid_t2, min_valid_t1: SPEC B4 slice success (valid images per acquisition).
+        t1_sequence: ``"auto"`` (the slice attr ``sequence``; STONE when absent) or one of
+            ``quantification.t1_sequences.T1_SEQUENCES`` for every slice (T1 and ECV).
+        t1_model: STONE's model: ``"t1_2p"`` (SPEC B2) or ``"t1_3p"``.
+        t2_model: ``"t2_shared_offset"`` (default): ``A (exp(-TE/T2) + beta)`` with beta = B / A
+            one value per slice (estimated from the mid-wall,
+            ``relaxometry.estimate_offset_fraction``) and A, T2 per pixel, or ``"t2_3p"``
+            (SPEC B2): ``A exp(-TE/T2) + B`` with B free per pixel. With TE <= 60 ms a free B is
+            nearly degenerate with T2: its per-pixel SD is 1.5-2.5x the Cramer-Rao bound of
+            that model at SNR 30 (and biased 8-27 %), while the shared offset reaches its bound
+            (benchmarks/mapping_accuracy.py). It needs masks that follow the motion between
+            images.
+        t2_offset_scope: ``"case"`` (default): one B / A for all slices of a patient
+            (``t2_case``; the offset comes from the T1 recovery after the T2 preparation: the
+            same sequence and myocardium in every slice), ``"slice"``: one per slice (also what
+            ``t2_slice`` does). On the phantoms at SNR 30 the per-slice estimate's noise (the
+            three-parameter bound over the slice's pixels) gave slice means of SD 1.75 ms (R
+            0.92), the per-patient one 0.88 ms (R 0.98).
+        segment_fit: ``"pixel"``: segment and slice means of the pixel map; ``"roi"``: the fit
+            of the mean signal of each segment's pixels, and of all analysed pixels for the
+            slice mean (T1 and T2).
+        min_valid_t2, min_valid_t1: SPEC B4 slice success (valid images per acquisition; the T1
+            count is for 11 images and scales with the sequence's image count,
+            ``aha_segments.valid_t1_images_needed``).
         mask_threshold: probability above which a pixel is myocardium (with a model).
     """
 
@@ -139,21 +180,28 @@ class MappingSettings:
     prune_px: int = 2
     t2_range_ms: tuple[float, float] = T2_RANGE_MS
     ecv_range_percent: tuple[float, float] = ECV_RANGE_PERCENT
+    t1_range_ms: tuple[float, float] = T1_RANGE_MS
     blood_radius_px: float = BLOOD_DISC_RADIUS_PX
     blood_margin_px: float = BLOOD_MARGIN_PX
     coil_correction: bool = True
     noise_floor_correction: bool = True
     blood_statistic: str = "pixel_median"
+    t1_sequence: str = "auto"
     t1_model: str = "t1_2p"
-    t2_model: str = "t2_3p"
+    t2_model: str = "t2_shared_offset"
+    t2_offset_scope: str = "case"
+    segment_fit: str = "pixel"
     min_valid_t2: int = MIN_VALID_T2_IMAGES
     min_valid_t1: int = MIN_VALID_T1_IMAGES
     mask_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         choices = {
+            "t1_sequence": ("auto", *T1_SEQUENCES),
             "t1_model": ("t1_2p", "t1_3p"),
             "t2_model": ("t2_shared_offset", "t2_3p"),
+            "segment_fit": ("pixel", "roi"),
+            "t2_offset_scope": ("slice", "case"),
             "blood_statistic": ("pixel_median", "median", "mean"),
         }
         for key, allowed in choices.items():
@@ -174,6 +222,8 @@ class Acquisition:
         level: "basal", "mid" or "apical" (None if unknown: no AHA segments).
         rv_insertion_deg: anterior RV insertion point (degrees, ``aha_segments`` convention) if
             known, else None (estimated).
+        sequence: the slice attr ``sequence`` (stone | molli | shmolli | sasha | look_locker |
+            t2prep), None if unknown.
     """
 
     case_id: str
@@ -183,6 +233,7 @@ class Acquisition:
     masks: np.ndarray | None = None
     level: str | None = None
     rv_insertion_deg: float | None = None
+    sequence: str | None = None
 
     def __post_init__(self) -> None:
         where = f"{self.case_id}/{self.slice_id}"
@@ -307,6 +358,13 @@ class PreparedAcquisition:
     def where(self) -> str:
         return f"{self.acquisition.case_id}/{self.acquisition.slice_id}"
 
+    def resample(self, images: np.ndarray) -> np.ndarray:
+        """Images [N, H, W] of this acquisition (e.g. a function of its images) on the polar
+        grid of each used image: float64 [n_used, n_angles, n_depth]."""
+        used = [(image, g) for image, g in zip(images, self.geometries, strict=True)
+                if g is not None]  # fmt: skip
+        return np.stack([to_polar(image, g) for image, g in used])
+
     def counts(self) -> dict[str, int]:
         return {
             "n_images": int(self.valid.size),
@@ -322,7 +380,7 @@ class SliceResult:
 
     Attributes:
         case_id, slice_id, level: identification.
-        quantity: ``"t2_ms"`` or ``"ecv_percent"``.
+        quantity: ``"t1_ms"``, ``"t2_ms"`` or ``"ecv_percent"``.
         values: float32 [H, W] the map in the reference image's pixels, NaN outside the analysed
             myocardium (all NaN for a failed slice).
         segments: float64 [16] mean per AHA segment (NaN where absent or failed).
@@ -337,6 +395,10 @@ class SliceResult:
         reference_image: the image (of the last acquisition, post for ECV) the map is drawn on.
         segment_labels: int8 [H, W] AHA segment (1-16) of every analysed pixel, 0 elsewhere
             (None without segments).
+        r_squared: float32 [H, W] the pixel fits' coefficient of determination where ``values``
+            is finite (T1 and T2; None for ECV).
+        whole_slice: the map covers every pixel with signal (no masks and no model: no
+            segments; ``mean`` is over all fitted pixels, not only myocardium).
     """
 
     case_id: str
@@ -355,11 +417,77 @@ class SliceResult:
     details: dict[str, Any] = field(default_factory=dict)
     reference_image: np.ndarray | None = None
     segment_labels: np.ndarray | None = None
+    r_squared: np.ndarray | None = None
+    whole_slice: bool = False
 
     @property
     def refinement_rate(self) -> float:
         """Replaced masks / images of the slice."""
         return self.refined_images / self.n_images if self.n_images else float("nan")
+
+
+@dataclass(frozen=True)
+class _T2Slice:
+    """A T2 slice between preparation and fit."""
+
+    prepared: PreparedAcquisition
+    corrected: CorrectedPolar
+    te_ms: np.ndarray
+    details: dict[str, Any]
+
+    def mid_wall(self) -> np.ndarray:
+        """The corrected polar samples of the middle of the wall (``MID_WALL_CUT``)."""
+        polar = self.corrected.polar
+        cut = round(polar.shape[-1] * MID_WALL_CUT)
+        return polar[..., cut : polar.shape[-1] - cut]
+
+
+@dataclass(frozen=True)
+class CorrectedPolar:
+    """The used images of an acquisition on the polar grid, ready for the fits.
+
+    Attributes:
+        polar: float64 [n_used, n_angles, n_depth] without the Rician noise floor and with the
+            coil gains divided out (the pixel fits' input).
+        raw: float64 [n_used, n_angles, n_depth] the resampled magnitudes ``M``, or, with the
+            noise floor removed, the resampled ``M^2``.
+        sigma: noise SD per channel (NaN when the floor is not removed).
+        gains: float64 [n_used] coil gains divided out (ones without coil correction).
+    """
+
+    polar: np.ndarray
+    raw: np.ndarray
+    sigma: float
+    gains: np.ndarray
+
+    @property
+    def power(self) -> bool:
+        """Whether ``raw`` holds squared magnitudes (the noise floor is removed)."""
+        return bool(np.isfinite(self.sigma) and self.sigma > 0)
+
+    def region_signals(
+        self, geometry: PolarGeometry, region: np.ndarray, regions: np.ndarray
+    ) -> np.ndarray:
+        """Mean signal [n_used, K] of each of the ``regions`` bool [K, H, W] (pixels of the
+        reference image inside ``region``; NaN where a region has no pixel).
+
+        With the noise floor removed the magnitudes are power-averaged, ``sqrt(mean(M^2) -
+        2 sigma^2)``: ``M^2`` is resampled (linear, so ``E[M^2] = S^2 + 2 sigma^2`` survives
+        the interpolation, which lowers the variance of interpolated magnitudes), and the mean
+        over a region is unbiased for its ``S^2`` where the per-pixel floor removal (clipped at
+        0) is not: near an inversion's null point or at a short saturation time.
+        """
+        use_power = self.power
+        aligned = from_polar(self.raw, geometry, region)
+        inside = np.isfinite(aligned).all(axis=0)
+        signals = np.full((aligned.shape[0], len(regions)), np.nan)
+        for k, pixels in enumerate(regions):  # <= 17 regions
+            pixels = pixels & inside
+            if pixels.any():
+                signals[:, k] = aligned[:, pixels].mean(axis=1)
+        if use_power:
+            signals = np.sqrt(np.maximum(signals - 2.0 * self.sigma**2, 0.0))
+        return signals / self.gains[:, None]
 
 
 def common_ring(geometries: list[PolarGeometry | None]) -> list[PolarGeometry | None]:
@@ -482,7 +610,11 @@ class MappingPipeline:
         success: bool,
         reason: str,
         details: dict[str, Any],
+        roi: Callable[[np.ndarray], np.ndarray] | None = None,
+        r_squared: np.ndarray | None = None,
     ) -> SliceResult:
+        """The slice result: segments from the insertion point (means of ``values``, or the ROI
+        fit ``roi`` of each segment's pixels, which also gives the slice mean)."""
         last = prepared[-1]
         acquisition = last.acquisition
         shape = acquisition.images.shape[1:]
@@ -492,6 +624,7 @@ class MappingPipeline:
         seg_map = None
         segments = np.full(N_SEGMENTS, np.nan)
         finite = np.isfinite(values)
+        mean = float(values[finite].mean()) if finite.any() else float("nan")
         if success and acquisition.level is not None and finite.any():
             insertion = self._insertion(prepared, acquisition.rv_insertion_deg)
             if insertion is not None:
@@ -503,6 +636,12 @@ class MappingPipeline:
                     insertion.direction,
                 )
                 segments = segment_means(values, seg_map)
+        if roi is not None and success and finite.any():
+            labels = np.zeros(shape, np.int64) if seg_map is None else seg_map
+            regions = np.stack([labels == k for k in range(1, N_SEGMENTS + 1)] + [finite])
+            fitted = roi(regions)
+            segments, mean = fitted[:-1], fitted[-1]  # NaN where a segment is absent
+            details["segment_fit"] = "roi"
         refined = sum(int(p.replaced.sum()) for p in prepared)
         n_images = sum(int(p.valid.size) for p in prepared)
         reference_image = acquisition.images[last.reference] if last.reference >= 0 else None
@@ -517,12 +656,13 @@ class MappingPipeline:
             reason=reason,
             refined_images=refined,
             n_images=n_images,
-            mean=float(values[finite].mean()) if finite.any() else float("nan"),
+            mean=float(mean),
             n_pixels=int(finite.sum()),
             insertion=insertion,
             details=details,
             reference_image=reference_image,
             segment_labels=None if seg_map is None else seg_map.astype(np.int8),
+            r_squared=None if r_squared is None or not success else r_squared.astype(np.float32),
         )
 
     def _coil_corrected(
@@ -530,24 +670,135 @@ class MappingPipeline:
         prepared: PreparedAcquisition,
         fit: Callable[[np.ndarray], RelaxometryFit],
         details: dict[str, Any],
-    ) -> np.ndarray:
+    ) -> CorrectedPolar:
         """The polar stack without the Rician noise floor and with the motion-induced coil
         gains divided out (each if enabled)."""
-        polar = prepared.polar
+        polar = raw = prepared.polar
+        sigma = float("nan")
         if self.settings.noise_floor_correction:
-            sigma = background_sigma(prepared.acquisition.images[prepared.used])
+            images = prepared.acquisition.images
+            sigma = background_sigma(images[prepared.used])
             details["noise_sigma"] = sigma
-            polar = remove_noise_floor(polar, sigma)
-        if not self.settings.coil_correction:
-            return polar
-        centres = np.array([g.centre for g in prepared.geometries if g is not None])
-        estimate = estimate_coil_gradient(polar, centres - centres[0], fit)
-        details["coil_gradient_per_px"] = estimate.gradient_per_px.tolist()
-        return polar / estimate.gains[:, None, None]
+            if np.isfinite(sigma) and sigma > 0:  # removed before the (variance-lowering)
+                polar = prepared.resample(remove_noise_floor(images, sigma))  # interpolation
+                raw = prepared.resample(np.square(images, dtype=np.float64))
+        gains = np.ones(polar.shape[0])
+        if self.settings.coil_correction:
+            centres = np.array([g.centre for g in prepared.geometries if g is not None])
+            estimate = estimate_coil_gradient(polar, centres - centres[0], fit)
+            details["coil_gradient_per_px"] = estimate.gradient_per_px.tolist()
+            gains = estimate.gains
+        return CorrectedPolar(polar / gains[:, None, None], raw, sigma, gains)
+
+    # ---------------------------------------------------------------- fits
+    def _map_and_roi(
+        self,
+        prepared: PreparedAcquisition,
+        corrected: CorrectedPolar,
+        fit: Callable[[np.ndarray], RelaxometryFit],
+        valid_range: tuple[float, float],
+        details: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """The fitted map and its R^2 in the reference image's pixels, and (``segment_fit="roi"``)
+        the ROI fit: regions bool [K, H, W] -> the fit of each region's mean signal [K]."""
+        geometry = prepared.reference_geometry
+        region = self._analysed_region(prepared)
+        result = fit(corrected.polar)
+        details["fit_failed_fraction"] = float(np.mean(result.flags != 0))
+        cart = from_polar(np.stack([result.t_ms, result.r_squared]), geometry, region)
+        values = restrict_to_range(cart[0], valid_range)
+        r_squared = np.where(np.isfinite(values), cart[1], np.nan)
+        if self.settings.segment_fit != "roi":
+            return values, r_squared, None
+
+        def roi(regions: np.ndarray) -> np.ndarray:
+            curves = corrected.region_signals(geometry, region, regions)
+            out = np.full(len(regions), np.nan)
+            present = np.isfinite(curves).all(axis=0)
+            if present.any():
+                out[present] = fit(curves[:, present]).t_ms
+            return restrict_to_range(out, valid_range)
+
+        return values, r_squared, roi
+
+    def _t1_fit(self, acquisition: Acquisition, details: dict[str, Any]
+                ) -> Callable[[np.ndarray, np.ndarray], RelaxometryFit]:  # fmt: skip
+        """The T1 fit of the acquisition's sequence (recorded in ``details``)."""
+        try:
+            sequence, source = resolve_t1_sequence(self.settings.t1_sequence, acquisition.sequence)
+        except ValueError as exc:
+            raise MappingError(f"{acquisition.case_id}/{acquisition.slice_id}: {exc}") from exc
+        details["sequence"], details["sequence_source"] = sequence, source
+        stone_model = self.settings.t1_model
+        return lambda y, times: fit_t1_sequence(y, times, sequence, stone_model=stone_model)
+
+    def _coil_fit(self, sequence: str, times: np.ndarray
+                  ) -> Callable[[np.ndarray], RelaxometryFit]:  # fmt: skip
+        """The fit that scores the coil gains of a T1 acquisition (``quantification.coil_shading``
+        calls it ~100 times): the sequence's own fit for STONE and SASHA; for MOLLI the
+        three-parameter fit with the polarity its first call restored kept (gains of a few per
+        cent never flip a sign), one fit per call instead of four; ShMOLLI the same on its first
+        inversion's 5 samples (the later ones follow the curve only for short T1)."""
+        if sequence in ("stone", "sasha"):
+            model = self.settings.t1_model
+            return lambda y: fit_t1_sequence(y, times, sequence, stone_model=model)
+        rows = list(SHMOLLI_IR1_SAMPLES) if sequence == "shmolli" else slice(None)
+        first: list[np.ndarray] = []
+
+        def fit(y: np.ndarray) -> RelaxometryFit:
+            y = y[rows]
+            if not first or first[0].shape != y.shape:
+                result = fit_t1(y, times[rows], model="t1_3p")
+                first[:] = [result.polarity]
+                return result
+            return fit_t1(y * first[0], times[rows], model="t1_3p", restore_polarity=False)
+
+        return fit
+
+    def _t1_images_needed(self, acquisition: Acquisition) -> int:
+        return valid_t1_images_needed(acquisition.images.shape[0], self.settings.min_valid_t1)
+
+    # ---------------------------------------------------------------- whole slice
+    def whole_slice(self, acquisition: Acquisition, quantity: str) -> SliceResult:
+        """T1 or T2 map (ms) of every pixel with signal, in the native geometry, no segments
+        (:mod:`exports.whole_slice_maps`)."""
+        details: dict[str, Any] = {"whole_slice": True, quantity: {}}
+        sequence = "auto"
+        if quantity == "t1":
+            self._t1_fit(acquisition, details["t1"])  # resolve (and record) the sequence
+            sequence = details["t1"]["sequence"]
+        result = whole_slice_map(
+            acquisition.images, acquisition.times_ms, quantity, sequence,
+            t2_model=self.settings.t2_model,
+            noise_floor_correction=self.settings.noise_floor_correction,
+        )  # fmt: skip
+        finite = np.isfinite(result.map_ms)
+        return SliceResult(
+            case_id=acquisition.case_id,
+            slice_id=acquisition.slice_id,
+            level=acquisition.level,
+            quantity=f"{quantity}_ms",
+            values=result.map_ms,
+            segments=np.full(N_SEGMENTS, np.nan),
+            success=bool(finite.any()),
+            reason="" if finite.any() else "no pixel with signal could be fitted",
+            refined_images=0,
+            n_images=int(acquisition.images.shape[0]),
+            mean=float(result.map_ms[finite].mean()) if finite.any() else float("nan"),
+            n_pixels=int(finite.sum()),
+            insertion=None,
+            details=details,
+            reference_image=acquisition.images[0],
+            r_squared=result.r_squared,
+            whole_slice=True,
+        )
+
+    def _unsegmented(self, acquisition: Acquisition) -> bool:
+        return self.segmenter is None and acquisition.masks is None
 
     # ---------------------------------------------------------------- T2
-    def t2_slice(self, acquisition: Acquisition) -> SliceResult:
-        """T2 map (ms) of one slice of T2-prepared images."""
+    def _t2_prepared(self, acquisition: Acquisition) -> _T2Slice | SliceResult:
+        """A T2 slice ready for its fit (masks, polar grid, corrections), or its failed result."""
         s = self.settings
         prepared = self.prepare(acquisition)
         counts = prepared.counts()
@@ -555,23 +806,90 @@ class MappingPipeline:
         if not slice_success(counts["n_valid"], s.min_valid_t2):
             reason = f"{counts['n_valid']} valid T2-weighted images < {s.min_valid_t2}"
             return self._finish([prepared], "t2_ms", None, False, reason, details)
-        used = prepared.used
-        te = np.asarray(acquisition.times_ms)[used]
-        polar = self._coil_corrected(prepared, lambda y: fit_t2(y, te), details["t2"])
+        te = np.asarray(acquisition.times_ms)[prepared.used]
+        corrected = self._coil_corrected(prepared, lambda y: fit_t2(y, te), details["t2"])
+        return _T2Slice(prepared, corrected, te, details)
+
+    def _t2_mapped(self, t2: _T2Slice, beta: float | None) -> SliceResult:
+        if beta is not None:
+            t2.details["t2"]["offset_fraction"] = beta
+        values, r_squared, roi = self._map_and_roi(
+            t2.prepared, t2.corrected, lambda y: fit_t2(y, t2.te_ms, offset_fraction=beta),
+            self.settings.t2_range_ms, t2.details["t2"],
+        )  # fmt: skip
+        return self._finish([t2.prepared], "t2_ms", values, True, "", t2.details, roi, r_squared)
+
+    def t2_slice(self, acquisition: Acquisition) -> SliceResult:
+        """T2 map (ms) of one slice of T2-prepared images (whole slice without masks or model);
+        a shared offset is estimated from this slice alone."""
+        if self._unsegmented(acquisition):
+            return self.whole_slice(acquisition, "t2")
+        t2 = self._t2_prepared(acquisition)
+        if isinstance(t2, SliceResult):
+            return t2
         beta = None
-        if s.t2_model == "t2_shared_offset":  # one B / A for the slice, from the mid-wall
-            cut = polar.shape[-1] // 4
-            beta = estimate_offset_fraction(polar[..., cut : polar.shape[-1] - cut], te)
-            details["t2"]["offset_fraction"] = beta
-        fit = fit_t2(polar, te, offset_fraction=beta)
-        details["t2"]["fit_failed_fraction"] = float(np.mean(fit.flags != 0))
-        cart = from_polar(fit.t_ms, prepared.reference_geometry, self._analysed_region(prepared))
-        values = restrict_to_range(cart, s.t2_range_ms)
-        return self._finish([prepared], "t2_ms", values, True, "", details)
+        if self.settings.t2_model == "t2_shared_offset":
+            beta = estimate_offset_fraction(t2.mid_wall(), t2.te_ms)
+        return self._t2_mapped(t2, beta)
+
+    def t2_case(self, acquisitions: list[Acquisition]) -> list[SliceResult]:
+        """T2 maps of all slices of one patient; with ``t2_offset_scope="case"`` the shared
+        offset B / A is estimated once from the mid-wall of all its slices (one sequence, one
+        myocardium: the same B / A), else per slice (:meth:`t2_slice`)."""
+        if self.settings.t2_offset_scope != "case" or self.settings.t2_model != "t2_shared_offset":
+            return [self.t2_slice(a) for a in acquisitions]
+        ready = {
+            k: self._t2_prepared(a) for k, a in enumerate(acquisitions) if not self._unsegmented(a)
+        }
+        fitted = [t for t in ready.values() if isinstance(t, _T2Slice)]
+        beta = None
+        if fitted:
+            beta = estimate_offset_fraction([t.mid_wall() for t in fitted],
+                                            [t.te_ms for t in fitted])  # fmt: skip
+        results = []
+        for k, acquisition in enumerate(acquisitions):
+            t2 = ready.get(k)
+            if t2 is None:
+                results.append(self.whole_slice(acquisition, "t2"))
+            elif isinstance(t2, SliceResult):
+                results.append(t2)
+            else:
+                t2.details["t2"]["offset_scope"] = "case"
+                results.append(self._t2_mapped(t2, beta))
+        return results
+
+    # ---------------------------------------------------------------- T1
+    def t1_slice(self, acquisition: Acquisition) -> SliceResult:
+        """T1 map (ms) of one slice of native or post-contrast T1-weighted images, fitted with
+        the model of its sequence (whole slice without masks or model)."""
+        if self._unsegmented(acquisition):
+            return self.whole_slice(acquisition, "t1")
+        s = self.settings
+        details: dict[str, Any] = {"t1": {}}
+        fit = self._t1_fit(acquisition, details["t1"])
+        prepared = self.prepare(acquisition)
+        details["t1"].update(prepared.counts())
+        needed = self._t1_images_needed(acquisition)
+        n_valid = prepared.counts()["n_valid"]
+        reason = ""
+        if not slice_success(n_valid, needed):
+            reason = f"{n_valid} valid T1-weighted images < {needed}"
+        elif details["t1"]["sequence"] == "shmolli" and prepared.excluded.any():
+            reason = f"ShMOLLI needs all 7 images; {int(prepared.excluded.sum())} excluded"
+        if reason:
+            return self._finish([prepared], "t1_ms", None, False, reason, details)
+        times = np.asarray(acquisition.times_ms)[prepared.used]
+        coil_fit = self._coil_fit(details["t1"]["sequence"], times)
+        corrected = self._coil_corrected(prepared, coil_fit, details["t1"])
+        values, r_squared, roi = self._map_and_roi(
+            prepared, corrected, lambda y: fit(y, times), s.t1_range_ms, details["t1"]
+        )
+        return self._finish([prepared], "t1_ms", values, True, "", details, roi, r_squared)
 
     # ---------------------------------------------------------------- ECV
     def ecv_slice(self, native: Acquisition, post: Acquisition, hematocrit: float) -> SliceResult:
-        """ECV map (%) of one slice from its native and post-contrast T1-weighted images.
+        """ECV map (%) of one slice from its native and post-contrast T1-weighted images, each
+        fitted with the model of its sequence.
 
         The map is in the pixels of the post-contrast reference image.
         """
@@ -583,23 +901,22 @@ class MappingPipeline:
             )
         prepared = [self.prepare(native), self.prepare(post)]
         details: dict[str, Any] = {"native": prepared[0].counts(), "post": prepared[1].counts()}
+        fits = [self._t1_fit(a, details[k]) for a, k in ((native, "native"), (post, "post"))]
         n_valid = [p.counts()["n_valid"] for p in prepared]
-        if not slice_success(n_valid, s.min_valid_t1):
+        needed = [self._t1_images_needed(a) for a in (native, post)]
+        if not all(slice_success(n, k) for n, k in zip(n_valid, needed, strict=True)):
             reason = (
                 f"{n_valid[0]} valid native and {n_valid[1]} valid post-contrast T1-weighted "
-                f"images; need >= {s.min_valid_t1} each"
+                f"images; need >= {needed[0]} and >= {needed[1]}"
             )
             return self._finish(prepared, "ecv_percent", None, False, reason, details)
         t1_polar, t1_blood = [], []
-        for p, name in zip(prepared, ("native", "post"), strict=True):
+        for p, name, fit in zip(prepared, ("native", "post"), fits, strict=True):
             used = p.used
             times = np.asarray(p.acquisition.times_ms)[used]
-            polar = self._coil_corrected(
-                p,
-                lambda y, x=times: fit_t1(y, x, model=s.t1_model),  # type: ignore[arg-type]
-                details[name],
-            )
-            fit = fit_t1(polar, times, model=s.t1_model)  # type: ignore[arg-type]
+            coil_fit = self._coil_fit(details[name]["sequence"], times)
+            corrected = self._coil_corrected(p, coil_fit, details[name])
+            result = fit(corrected.polar, times)
             blood = blood_t1(
                 p.acquisition.images[used],
                 p.masks[used],
@@ -608,11 +925,12 @@ class MappingPipeline:
                 model=s.t1_model,
                 margin_px=s.blood_margin_px,
                 statistic=s.blood_statistic,
+                sequence=details[name]["sequence"],
             )
-            t1_polar.append(fit.t_ms)
+            t1_polar.append(result.t_ms)
             t1_blood.append(float(blood.t_ms))
             details[name]["t1_blood_ms"] = float(blood.t_ms)
-            details[name]["fit_failed_fraction"] = float(np.mean(fit.flags != 0))
+            details[name]["fit_failed_fraction"] = float(np.mean(result.flags != 0))
         if not all(np.isfinite(t1_blood)):
             reason = f"blood T1 fit failed (native {t1_blood[0]}, post {t1_blood[1]} ms)"
             return self._finish(prepared, "ecv_percent", None, False, reason, details)

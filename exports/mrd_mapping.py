@@ -55,11 +55,12 @@ from exports.mapping_cli import _finite_or_none
 from exports.mapping_pipeline import Acquisition, MappingPipeline, SliceResult
 from exports.mrd_aif import roi_meta
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
-from exports.whole_slice_maps import SEQUENCES, whole_slice_map
+from exports.whole_slice_maps import whole_slice_map
 from formats.mapping_contract import LEVELS
 from formats.mrd_images import SliceImages, derived_image, mapping_slices, split_series
 from formats.mrd_stream import ImageMessage
 from quantification.ecv import ECV_RANGE_PERCENT, ecv_percent, restrict_to_range
+from quantification.t1_sequences import T1_SEQUENCES
 
 __all__ = ["MAPPING_CONFIGS", "map_image", "map_window", "process_mapping"]
 
@@ -74,13 +75,15 @@ GOOD_FIT_R2 = 0.9
 
 def map_window(quantity: str, values: np.ndarray) -> tuple[int, int]:
     """(WindowCenter, WindowWidth) in the map's unit: T2 20-80 ms, ECV 10-50 %, T1 400-1800 ms
-    (native) or 100-900 ms (post-contrast: median of ``values`` below 700 ms)."""
+    (native) or 100-900 ms (post-contrast: the 75th percentile of ``values`` below 800 ms; a
+    whole slice's median is often fat's ~270 ms, its upper quartile is myocardium and blood)."""
     if quantity == "t2":
         return 50, 60
     if quantity == "ecv":
         return 30, 40
     finite = values[np.isfinite(values)]
-    return (500, 800) if finite.size and float(np.median(finite)) < 700 else (1100, 1400)
+    post_contrast = finite.size and float(np.percentile(finite, 75)) < 800
+    return (500, 800) if post_contrast else (1100, 1400)
 
 
 def map_image(
@@ -245,7 +248,8 @@ def process_mapping(
     start = time.perf_counter()
     quantity = MAPPING_CONFIGS[config]
     out = _Output(params.choice("map_dtype", "uint16", ("uint16", "float32")))
-    sequence = params.choice("sequence", "auto", SEQUENCES["t2" if quantity == "t2" else "t1"])
+    choices = ("auto", "t2prep") if quantity == "t2" else ("auto", *T1_SEQUENCES)
+    sequence = params.choice("sequence", "auto", choices)
     first = max((int(im.head.image_series_index) for im in images), default=0) + 1
     series_out = int(params.integer("output_series_index", first, minimum=0))  # type: ignore[arg-type]
     pipeline = MappingPipeline(segmenter=models.myocardium) if models.myocardium else None

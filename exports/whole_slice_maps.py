@@ -1,101 +1,146 @@
-"""Whole-slice T1 and T2 maps: a pixel-wise fit of every pixel of the weighted images.
+"""Whole-slice T1 and T2 maps: every pixel of a slice fitted in its native geometry, the way the
+scanner's own maps look, with no segmentation, alignment or segments.
 
-What the scanner shows without a myocardium model: every pixel fitted, no segmentation. Fits are
-those of :mod:`quantification.relaxometry` (vectorised variable projection):
+This is what ``python -m exports mapping --t1 ... | --input ...`` writes when neither
+``--model`` nor masks in the file are given, and what the MRD server returns for a mapping
+series. Per slice:
 
-============================  ====================================================  ==========
-``quantity``, ``sequence``    model                                                 T reported
-============================  ====================================================  ==========
-t1, ``auto`` / ``stone``      ``|A (1 - 2 exp(-TI/T1))|`` (ideal inversion,          T1
-                              ``t1_2p``)
-t1, ``molli`` / ``shmolli``   ``|A - B exp(-TI/T1*)|`` (``t1_3p``), then the         T1* (B/A - 1)
-/ ``look_locker``             Look-Locker correction
-t1, ``sasha``                 ``|A - B exp(-TS/T1)|`` (saturation recovery,          T1
-                              ``t1_3p``, B ~ A)
-t2, ``auto`` / ``t2prep``     ``A exp(-TE/T2) + B`` (``t2_3p``)                      T2
-============================  ====================================================  ==========
+1. The Rician noise floor is removed (sigma from the image frame,
+   :mod:`quantification.noise_floor`; nothing is removed when the frame is zero-filled).
+2. Pixels with signal: the largest of the N images is at least :data:`SIGNAL_SNR` sigma (or, when
+   no noise can be measured, at least :data:`SIGNAL_FRACTION` of the slice's largest signal);
+   air and lung stay NaN.
+3. The fit of every pixel with signal, all at once: T1 with the sequence's model
+   (:mod:`quantification.t1_sequences`: STONE, MOLLI with the Look-Locker correction, ShMOLLI,
+   SASHA), T2 with ``t2_model`` (default the offset B/A shared by the slice, estimated from up to
+   :data:`OFFSET_PIXELS` pixels with signal, then two free parameters per pixel; ``"t2_3p"``: B
+   free per pixel, SPEC B2). Pixels whose fit fails (flat, non-convergent, no preparation,
+   T on the edge of the search range) are NaN.
 
-Pixels whose fit fails (flat background, no interior minimum, non-physical amplitudes, a
-Look-Locker ratio B/A <= 1) are NaN in ``map_ms``.
+Importable with NumPy and SciPy only.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from quantification.relaxometry import fit_t1, fit_t2
+from quantification.noise_floor import background_sigma, remove_noise_floor
+from quantification.relaxometry import RelaxometryFit, estimate_offset_fraction, fit_t2
+from quantification.t1_sequences import fit_t1_sequence, resolve_t1_sequence
 
-__all__ = ["SEQUENCES", "WholeSliceMap", "whole_slice_map"]
+__all__ = [
+    "OFFSET_PIXELS",
+    "SIGNAL_FRACTION",
+    "SIGNAL_SNR",
+    "WholeSliceMap",
+    "whole_slice_map",
+]
 
-SEQUENCES = {
-    "t1": ("auto", "stone", "molli", "shmolli", "look_locker", "sasha"),
-    "t2": ("auto", "t2prep"),
-}
-"""Accepted ``sequence`` per ``quantity``."""
-_MIN_IMAGES = {"t1_2p": 3, "t1_3p": 4, "t2_3p": 4}
-"""Images a fit needs: one more than its parameters."""
+log = logging.getLogger(__name__)
+
+SIGNAL_SNR = 5.0
+"""A pixel is fitted when its largest signal is at least this many noise SDs."""
+SIGNAL_FRACTION = 0.05
+"""Without a measurable noise level: at least this fraction of the slice's largest signal."""
+OFFSET_PIXELS = 4096
+"""Pixels (evenly spread over those with signal) that estimate a slice's shared T2 offset."""
+T2_MODELS = ("t2_shared_offset", "t2_3p")
 
 
 @dataclass(frozen=True)
 class WholeSliceMap:
-    """A whole-slice relaxation map.
+    """A whole-slice map.
 
     Attributes:
-        map_ms: float32 [H, W] T1 or T2 in ms, NaN where the fit failed.
-        r_squared: float32 [H, W] coefficient of determination of each pixel's fit.
+        map_ms: float32 [H, W] T1 or T2 (ms), NaN where there is no signal or the fit failed.
+        r_squared: float32 [H, W] coefficient of determination of each pixel's fit (NaN where
+            not fitted).
     """
 
     map_ms: np.ndarray
     r_squared: np.ndarray
 
 
+def _signal_pixels(images: np.ndarray, sigma: float) -> np.ndarray:
+    peak = images.max(axis=0)
+    if np.isfinite(sigma) and sigma > 0:
+        return peak >= SIGNAL_SNR * sigma
+    return peak >= SIGNAL_FRACTION * max(float(peak.max()), 1e-30)
+
+
+def _fit(
+    curves: np.ndarray, times: np.ndarray, quantity: str, sequence: str, t2_model: str
+) -> RelaxometryFit:
+    if quantity == "t1":
+        used, source = resolve_t1_sequence(sequence, None)
+        if source == "fallback":
+            log.warning("whole-slice T1: sequence 'auto' and none known; fitted with the STONE "
+                        "model (SPEC B2)")  # fmt: skip
+        return fit_t1_sequence(curves, times, used)
+    if sequence not in ("auto", "t2prep"):
+        raise ValueError(f"T2 maps are fitted from T2-prepared images; got sequence {sequence!r}")
+    beta = None
+    if t2_model == "t2_shared_offset":
+        step = max(1, curves.shape[1] // OFFSET_PIXELS)
+        beta = estimate_offset_fraction(curves[:, ::step], times)
+    return fit_t2(curves, times, offset_fraction=beta)
+
+
 def whole_slice_map(
-    images: np.ndarray, times_ms: np.ndarray, quantity: str, sequence: str = "auto"
+    images: np.ndarray,
+    times_ms: np.ndarray,
+    quantity: str,
+    sequence: str = "auto",
+    *,
+    t2_model: str = "t2_shared_offset",
+    noise_floor_correction: bool = True,
 ) -> WholeSliceMap:
-    """Fit every pixel of a slice's weighted images.
+    """Fit every pixel of one slice (module docstring).
 
     Args:
-        images: float [N, H, W] weighted images of one slice.
-        times_ms: float [N] inversion / saturation times (T1) or T2-prep durations (T2), ms.
+        images: float [N, H, W] magnitude weighted images of the slice.
+        times_ms: float [N] inversion / saturation times (T1; SASHA's non-saturated image +inf)
+            or T2-prep echo times (T2), ms.
         quantity: ``"t1"`` or ``"t2"``.
-        sequence: the preparation (module docstring); ``"auto"``: STONE-like ideal inversion
-            for T1, T2-prep for T2.
+        sequence: T1: ``"auto"`` (no sequence known: STONE, with a log line) or one of
+            :data:`quantification.t1_sequences.T1_SEQUENCES`; T2: ``"auto"`` or ``"t2prep"``.
+        t2_model: ``"t2_shared_offset"`` (default) or ``"t2_3p"``.
+        noise_floor_correction: remove the Rician noise floor before the fit.
+
+    Returns:
+        :class:`WholeSliceMap` in the images' [H, W].
 
     Raises:
-        ValueError: unknown quantity or sequence, shapes that do not match, or fewer images
-            than the model needs.
+        ValueError: bad shapes, quantity, sequence or model.
 
     Example:
-        >>> te = np.array([0.0, 25, 35, 45, 55, 60])
-        >>> images = 900 * np.exp(-te / 50)[:, None, None] + np.zeros((6, 2, 3))
-        >>> np.round(whole_slice_map(images, te, "t2").map_ms, 1).tolist()
-        [[50.0, 50.0, 50.0], [50.0, 50.0, 50.0]]
+        >>> ti = np.array([100, 180, 260, 350, 500, 700, 1000, 1400, 2000, 2700, 3500.0])
+        >>> t1 = np.full((4, 5), 1000.0)
+        >>> images = np.abs(800 * (1 - 2 * np.exp(-ti[:, None, None] / t1)))
+        >>> result = whole_slice_map(images, ti, "t1", "stone")
+        >>> float(np.round(result.map_ms, 3).max()), result.map_ms.dtype.name
+        (1000.0, 'float32')
     """
-    if quantity not in SEQUENCES:
-        raise ValueError(f"quantity {quantity!r}; expected one of {sorted(SEQUENCES)}")
-    if sequence not in SEQUENCES[quantity]:
-        raise ValueError(f"{quantity} sequence {sequence!r}; expected one of {SEQUENCES[quantity]}")
-    images = np.asarray(images, dtype=np.float64)
+    y = np.asarray(images, dtype=np.float64)
     times = np.asarray(times_ms, dtype=np.float64)
-    if images.ndim != 3 or times.shape != images.shape[:1]:
-        raise ValueError(
-            f"images must be [N, H, W] with times [N]; got {images.shape} and {times.shape}"
-        )
-    model = "t2_3p" if quantity == "t2" else ("t1_2p" if sequence in ("auto", "stone") else "t1_3p")
-    if len(times) < _MIN_IMAGES[model]:
-        raise ValueError(
-            f"{len(times)} images; a {quantity.upper()} fit ({model}) needs at least "
-            f"{_MIN_IMAGES[model]}"
-        )
-    if model == "t2_3p":
-        fit = fit_t2(images, times)
-    else:
-        fit = fit_t1(images, times, model=model)  # type: ignore[arg-type]
-    t_ms = fit.t_ms
-    if sequence in ("molli", "shmolli", "look_locker"):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = fit.offset / fit.amplitude
-            t_ms = np.where(ratio > 1.0, t_ms * (ratio - 1.0), np.nan)
-    return WholeSliceMap(map_ms=t_ms.astype(np.float32), r_squared=fit.r_squared.astype(np.float32))
+    if y.ndim != 3 or times.shape != y.shape[:1]:
+        raise ValueError(f"images must be [N, H, W] with N = len(times_ms); got {y.shape} and "
+                         f"{times.shape}")  # fmt: skip
+    if quantity not in ("t1", "t2"):
+        raise ValueError(f"quantity must be 't1' or 't2', got {quantity!r}")
+    if t2_model not in T2_MODELS:
+        raise ValueError(f"t2_model must be one of {T2_MODELS}, got {t2_model!r}")
+    sigma = background_sigma(y)
+    if noise_floor_correction:
+        y = remove_noise_floor(y, sigma)
+    fitted = _signal_pixels(y, sigma)
+    map_ms = np.full(y.shape[1:], np.nan, dtype=np.float32)
+    r_squared = np.full(y.shape[1:], np.nan, dtype=np.float32)
+    if fitted.any():
+        fit = _fit(y[:, fitted], times, quantity, sequence, t2_model)
+        map_ms[fitted] = fit.t_ms
+        r_squared[fitted] = np.where(fit.valid, fit.r_squared, np.nan)
+    return WholeSliceMap(map_ms=map_ms, r_squared=r_squared)

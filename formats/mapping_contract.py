@@ -16,7 +16,10 @@ One file per modality; top-level groups are cases, their sub-groups are slices::
                                    (str [N], the source image of each weighted image)
 
 A slice holds exactly one of ``ti_ms`` (modalities ``t1_native``, ``post_contrast``) and ``te_ms``
-(``t2``): float32 or float64, finite, >= 0 and strictly increasing. Extra datasets, groups and
+(``t2``): float32 or float64, finite, >= 0 and strictly increasing. One exception: a slice with
+``sequence = "sasha"`` may end with ``+inf``, the time of SASHA's non-saturated image (no
+saturation pulse: fully relaxed, ``exp(-inf / T1) = 0``), stored last like any longest time.
+``ti_ms`` holds saturation times for SASHA. Extra datasets, groups and
 attrs are allowed and ignored by the checks (the phantoms add a ``truth`` group, see
 :func:`read_mapping_truth`). Any violation raises :class:`MappingContractError` whose message
 names the file, the case, the slice, the key, what was expected and what was found.
@@ -226,8 +229,15 @@ def _check_slice(
     if not (times.dtype.kind == "f" and times.dtype.itemsize >= 4):
         raise err(time_key, "dtype float32 (or float64)", f"dtype {times.dtype}")
     times_ms = np.asarray(times[()], dtype=np.float64)
-    if not np.isfinite(times_ms).all():
-        raise err(time_key, "finite values (ms)", f"NaN or Inf in {times_ms.tolist()}")
+    finite = np.isfinite(times_ms)
+    if plain(raw.get("sequence")) == "sasha" and n > 1:  # the non-saturated image: +inf, last
+        finite[-1] |= times_ms[-1] == np.inf
+    if not finite.all():
+        expected = "finite values (ms)" + (
+            "; +inf only as the last time of a sequence='sasha' slice"
+            if np.isposinf(times_ms).any() else ""
+        )  # fmt: skip
+        raise err(time_key, expected, f"NaN or Inf in {times_ms.tolist()}")
     if times_ms.min() < 0:
         raise err(time_key, "times >= 0 ms", f"{times_ms.min():g}")
     steps = np.diff(times_ms)
@@ -509,7 +519,8 @@ def write_mapping_slice(
         case: the case group (:func:`write_mapping_case`).
         slice_id: new group name.
         images: [N, H, W] weighted images (stored float32), in the order of ``times_ms``.
-        times_ms: [N] inversion / saturation times (T1 modalities) or T2-prep times (T2), ms.
+        times_ms: [N] inversion / saturation times (T1 modalities; SASHA's non-saturated image:
+            ``+inf``, last) or T2-prep times (T2), ms.
         modality: one of :data:`MODALITIES`; level: one of :data:`LEVELS`.
         masks: optional [N, H, W] myocardium labels 0/1 (stored uint8, lzf-compressed).
         reference_ms: optional [H, W] scanner map (stored as ``reference_t1_ms`` or

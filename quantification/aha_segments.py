@@ -63,6 +63,7 @@ __all__ = [
     "pixel_angles_deg",
     "segment_means",
     "slice_success",
+    "valid_t1_images_needed",
 ]
 
 N_SEGMENTS = 16
@@ -71,7 +72,11 @@ LEVEL_SEGMENTS = {"basal": range(1, 7), "mid": range(7, 13), "apical": range(13,
 MIN_VALID_T2_IMAGES = 6
 """SPEC B4: a T2 slice succeeds with at least this many valid T2-weighted images."""
 MIN_VALID_T1_IMAGES = 8
-"""SPEC B4: an ECV slice needs at least this many valid native AND post-contrast images."""
+"""SPEC B4: an ECV slice needs at least this many valid native AND post-contrast images (of the
+11 STONE images; other image counts: :func:`valid_t1_images_needed`)."""
+SPEC_T1_IMAGES = 11
+"""Images per T1 acquisition in the paper (STONE, SPEC B1), the count ``MIN_VALID_T1_IMAGES``
+refers to."""
 
 _BASAL_ORDER = np.array([2, 3, 4, 5, 6, 1])  # 60-deg sectors from the anterior insertion point
 _APICAL_ORDER = np.array([14, 15, 16, 13])  # 90-deg sectors from insertion + 15 deg
@@ -232,6 +237,17 @@ def slice_success(n_valid: int | Iterable[int], minimum: int) -> bool:
     """SPEC B4 slice success: every count in ``n_valid`` (one per acquisition) >= ``minimum``."""
     counts = [n_valid] if isinstance(n_valid, int) else list(n_valid)
     return all(int(c) >= minimum for c in counts)
+
+
+def valid_t1_images_needed(n_images: int, minimum: int = MIN_VALID_T1_IMAGES) -> int:
+    """Valid images a T1 acquisition of ``n_images`` needs: SPEC B4's ``minimum`` of the 11 STONE
+    images, scaled to the sequence's image count (the same share, rounded up).
+
+    Example:
+        >>> [valid_t1_images_needed(n) for n in (11, 9, 8, 7)]  # STONE, MOLLI post/native, ShMOLLI
+        [8, 7, 6, 6]
+    """
+    return min(int(n_images), int(np.ceil(minimum * n_images / SPEC_T1_IMAGES - 1e-9)))
 
 
 def patient_success(successful_levels: Iterable[str]) -> bool:

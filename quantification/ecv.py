@@ -17,7 +17,8 @@
 - Pruning: the endocardial and epicardial boundary pixels (partial volume with blood or fat)
   are removed by a binary erosion of the analysed myocardium with the 4-neighbour cross,
   ``width_px`` times (a pixel is kept only if all its 4-neighbours are myocardium).
-- Valid ranges: T2 in [30, 100] ms and ECV in [10, 60] %; values outside become NaN.
+- Valid ranges: T2 in [30, 100] ms and ECV in [10, 60] % (SPEC B2), T1 maps in [50, 3000] ms
+  (native and post-contrast myocardium); values outside become NaN.
 
 Pure NumPy/SciPy; importable without Lightning, Hydra or W&B.
 """
@@ -28,11 +29,13 @@ import numpy as np
 from scipy import ndimage
 
 from quantification.myocardium_shape import myocardium_centroid
-from quantification.relaxometry import RelaxometryFit, fit_t1
+from quantification.relaxometry import RelaxometryFit
+from quantification.t1_sequences import fit_t1_sequence
 
 __all__ = [
     "BLOOD_DISC_RADIUS_PX",
     "ECV_RANGE_PERCENT",
+    "T1_RANGE_MS",
     "T2_RANGE_MS",
     "BLOOD_MARGIN_PX",
     "blood_disc",
@@ -48,6 +51,8 @@ BLOOD_DISC_RADIUS_PX = 5.0
 """Radius of the blood-pool disc at the myocardial centroid, input pixels (SPEC B2 step 6)."""
 BLOOD_MARGIN_PX = 2.0
 """Blood-pool pixels lie more than this from the myocardium mask (partial volume), input px."""
+T1_RANGE_MS = (50.0, 3000.0)
+"""Valid myocardial T1 (native or post-contrast), ms (inclusive)."""
 T2_RANGE_MS = (30.0, 100.0)
 """Valid myocardial T2, ms (inclusive)."""
 ECV_RANGE_PERCENT = (10.0, 60.0)
@@ -148,8 +153,10 @@ def blood_t1(
     model: str = "t1_2p",
     statistic: str = "pixel_median",
     margin_px: float = BLOOD_MARGIN_PX,
+    sequence: str = "stone",
 ) -> RelaxometryFit:
-    """Blood T1 of a slice from the disc at the myocardial centroid.
+    """Blood T1 of a slice from the disc at the myocardial centroid, fitted with the T1 model of
+    ``sequence`` (:mod:`quantification.t1_sequences`; ``model`` is STONE's model).
 
     ``statistic``:
 
@@ -177,7 +184,7 @@ def blood_t1(
         curves, _ = blood_pool_pixels(np.asarray(images)[present], masks[present], radius_px,
                                       margin_px)  # fmt: skip
         if curves.shape[1]:
-            fit = fit_t1(curves, ti[present], model=model)  # type: ignore[arg-type]
+            fit = fit_t1_sequence(curves, ti[present], sequence, stone_model=model)
             finite = np.flatnonzero(np.isfinite(fit.t_ms))
             if finite.size:
                 median = float(np.median(fit.t_ms[finite]))
@@ -186,7 +193,7 @@ def blood_t1(
         statistic = "median"  # no cavity pixel: the disc signal's median
     signal = blood_signal(images, masks, radius_px, statistic)
     keep = np.isfinite(signal)
-    fit = fit_t1(signal[keep][:, None], ti[keep], model=model)  # type: ignore[arg-type]
+    fit = fit_t1_sequence(signal[keep][:, None], ti[keep], sequence, stone_model=model)
     return _one_pixel(fit, 0, float(fit.t_ms[0]))
 
 
@@ -200,6 +207,8 @@ def _one_pixel(fit: RelaxometryFit, k: int, t_ms: float) -> RelaxometryFit:
         r_squared=fit.r_squared[k],
         flags=fit.flags[k],
         polarity=fit.polarity[:, k],
+        t_apparent_ms=None if fit.t_apparent_ms is None else fit.t_apparent_ms[k],
+        samples_used=None if fit.samples_used is None else fit.samples_used[k],
     )
 
 

@@ -201,3 +201,24 @@ def test_files_without_cases_or_slices_and_unreadable_files(tmp_path):
         scan_mapping_file(path)
     with open_mapping_file(path) as h5, pytest.raises(MappingContractError, match="slice group"):
         read_mapping_slice(h5, "case_0", "slice_7", path)
+
+
+def test_sasha_may_end_with_the_non_saturated_image_at_infinite_time(tmp_path):
+    path = write_valid(tmp_path / "sasha.h5")
+    with h5py.File(path, "r+") as f:
+        g = f["case_0/slice_0"]
+        del g["ti_ms"]
+        g["ti_ms"] = np.array([100.0, 300.0, 500.0, np.inf], np.float32)
+    with pytest.raises(MappingContractError, match=r"\+inf only as the last time of a "
+                       r"sequence='sasha' slice"):  # fmt: skip
+        scan_mapping_file(path)
+    with h5py.File(path, "r+") as f:
+        f["case_0/slice_0"].attrs["sequence"] = "sasha"
+    info = scan_mapping_file(path)[0]
+    assert info.times_ms[-1] == np.inf
+    with h5py.File(path, "r+") as f:
+        g = f["case_0/slice_0"]
+        del g["ti_ms"]
+        g["ti_ms"] = np.array([100.0, np.inf, 500.0, 700.0], np.float32)  # not last
+    with pytest.raises(MappingContractError, match="key 'ti_ms'"):
+        scan_mapping_file(path)

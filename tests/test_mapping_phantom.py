@@ -189,3 +189,29 @@ def test_a_patient_depends_only_on_seed_and_index(noisy_files):
         assert f["case_0001"].attrs["patient_id"] == "P0001"
     other = simulate_mapping_patient(seed=6, patient=1, slices_per_patient=1)
     assert other.case_attrs["hematocrit"] != patient.case_attrs["hematocrit"]
+
+
+@pytest.mark.parametrize("sequence", ["molli", "shmolli", "sasha"])
+def test_t1_sequences_change_the_signal_not_the_patient(tmp_path, sequence):
+    still = {"noise": False, "motion": False}
+    stone = write_mapping_phantoms(tmp_path / "stone", 1, seed=5, slices_per_patient=2, **still)
+    other = write_mapping_phantoms(tmp_path / sequence, 1, seed=5, slices_per_patient=2,
+                                   sequence=sequence, **still)  # fmt: skip
+    assert other["t1_native"].name.endswith(f"_{sequence}.h5")
+    counts = {"molli": (8, 9), "shmolli": (7, 7), "sasha": (11, 11)}[sequence]
+    for modality, n in zip(("t1_native", "post_contrast"), counts, strict=True):
+        infos = scan_mapping_file(other[modality], modality=modality, require_masks=True)
+        assert {i.n_images for i in infos} == {n}
+        assert {i.attrs["sequence"] for i in infos} == {sequence}
+        with h5py.File(stone[modality]) as a, h5py.File(other[modality]) as b:
+            np.testing.assert_array_equal(a["case_0000/slice_1/truth/t1_ms"][()],
+                                          b["case_0000/slice_1/truth/t1_ms"][()])  # fmt: skip
+            assert a["case_0000/slice_1"].attrs["sequence"] == "stone"
+    info = scan_mapping_file(other["t1_native"])[0]
+    if sequence == "sasha":
+        assert info.times_ms[-1] == np.inf
+    else:  # the first inversion's images are one (irregular) beat apart
+        rr = np.asarray(info.attrs["rr_intervals_ms"])
+        assert 60_000 / 90 * 0.85 < rr.min() and rr.max() < 60_000 / 50 * 1.15
+        assert info.attrs["scheme"] == ("5(3)3" if sequence == "molli" else "5(1)1(1)1")
+    assert scan_mapping_file(other["t2"])[0].attrs["sequence"] == "t2prep"

@@ -32,3 +32,15 @@ def test_floor_removal_unbiases_the_squared_signal_and_the_t2_fit():
     assert np.nanmean(raw.t_ms) > 51.5  # the floor reads as slower decay
     assert np.nanmean(fixed.t_ms) == pytest.approx(50.0, abs=0.6)
     np.testing.assert_array_equal(remove_noise_floor(noisy, float("nan")), noisy)
+
+
+def test_sigma_ignores_tissue_reaching_into_the_frame():
+    rng = np.random.default_rng(2)
+    rows, cols = np.mgrid[0:96, 0:96]
+    body = np.hypot(rows - 48, cols - 70) < 40  # a fifth of the frame is tissue
+    images = add_rician_noise(rng, np.where(body, 300.0, 0.0)[None].repeat(6, 0), 10.0)
+    assert background_sigma(images) == pytest.approx(10.0, rel=0.03)
+    frame = np.ones((96, 96), bool)
+    frame[6:-6, 6:-6] = False
+    assert np.median(images[:, frame]) / np.sqrt(2 * np.log(2)) > 10.5  # the median alone: high
+    assert background_sigma(np.zeros((2, 40, 40))) == 0.0  # a zero-filled background

@@ -3,10 +3,27 @@
 Each patient has ``slices_per_patient`` short-axis slices (basal -> apical; with 5 slices:
 2 basal, 2 mid, 1 apical; the level of slice j is set by its position ``j / n`` along the long
 axis: < 0.4 basal, < 0.8 mid, else apical) and three acquisitions of every slice, written to
-three HDF5 files in the mapping contract of DESIGN.md: native T1 (11 inversion times, STONE-like,
-100-3500 ms), post-contrast T1 (11 shorter inversion times, 50-1500 ms) and T2 (9 T2-prep echo
-times 0, 25, ..., 60 ms). All three files hold the same patients, case ids, slice ids, geometry
-and hematocrit, so ECV can be computed from the native and post files of one slice.
+three HDF5 files in the mapping contract of DESIGN.md: native T1, post-contrast T1 and T2 (9
+T2-prep echo times 0, 25, ..., 60 ms). All three files hold the same patients, case ids, slice
+ids, geometry and hematocrit, so ECV can be computed from the native and post files of one slice.
+
+T1 sequences (``sequence``, the slice attr of the same name; signal models in
+:mod:`datamodules.synthetic.sequence_signals`):
+
+- ``stone`` (default): STONE-like ideal inversion recovery, 11 inversion times (native 100-3500
+  ms, post-contrast 50-1500 ms, each +-3 %).
+- ``molli``: MOLLI 5(3)3 native (8 images) and 4(1)3(1)2 post-contrast (9 images) with a
+  continuous Look-Locker readout (apparent T1*) and free recovery in the rest beats; the
+  inversion times follow the patient's heart (50-90 bpm, beat-to-beat variability 1-5 %),
+  TI of the first image 100 ms after the first inversion, +80 ms per later inversion.
+- ``shmolli``: ShMOLLI 5(1)1(1)1 (7 images), the same readout and heart.
+- ``sasha``: SASHA, a non-saturated image (``ti_ms`` = +inf, stored last) and 10 saturation
+  recovery images (TS 100 ms to RR - 200 ms), saturation efficiency 0.95-1.
+
+The heart and readout of a patient (heart rate, RR variability, readout rate
+``1/T1* - 1/T1`` = 1/4000-1/2500 per ms, saturation efficiency) come from a stream of their own,
+and every sequence draws the same motion, SNR and noise stream, so the sequences differ only in
+the signal. The truth maps stay the true T1.
 
 Geometry (lengths drawn in mm, converted with the patient's pixel size; image size H x W with W
 in 176-256 and H in 160-W, pixel 1.33-2.3 mm): body ellipse with subcutaneous fat and a
@@ -34,15 +51,19 @@ post-contrast T1 of 260-420 ms sets dR1_blood = 1/T1_post - 1/T1_native; any tis
 extracellular volume fraction ECV gets dR1 = ECV / (1 - Hct) * dR1_blood and T1_post = 1 /
 (1/T1_native + dR1).
 
-Signal (per tissue k, amplitude A_k = gain * PD_k): T1 images S = |sum_k f_k A_k (1 - 2 exp(-TI /
-T1_k))| (partial volumes add with their sign, then the magnitude), T2 images S = sum_k f_k A_k
-(exp(-TE / T2_k) + b) with a small offset fraction b (0-4 %, slice attr ``t2_offset_fraction``).
+Signal (per tissue k, amplitude A_k = gain * PD_k): T1 images S = |sum_k f_k A_k s(T1_k)| with
+s the sequence's signal per unit M0 (STONE ``1 - 2 exp(-TI / T1)``; partial volumes add with
+their sign, then the magnitude), T2 images S = sum_k f_k A_k (exp(-TE / T2_k) + b) with a small
+offset fraction b (0-4 %, slice attr ``t2_offset_fraction``).
 Then the same smooth coil shading for all images of a patient (2-4 Gaussian elements on the body
 surface, mean 1 in the body), and Rician noise: sigma = A_myo / SNR, SNR log-uniform in
-``snr_range`` (per acquisition). Motion: image n of an acquisition is image 0 rotated about the
-LV centre (up to +-3 deg) and shifted (up to +-4 px; per-axis SD 0.3-1.5 px), bilinearly
-resampled before the noise; ``truth/shift_px`` [N, 2] holds the (rows, cols) translation,
-``truth/rotation_deg`` [N] the rotation (counter-clockwise on screen). The masks are the moved
+``snr_range`` (per acquisition). Motion: image n of an acquisition shows the anatomy of image 0
+rotated about the LV centre (up to +-3 deg) and shifted (up to +-4 px; per-axis SD 0.3-1.5 px),
+rendered in that pose (the partial volumes of the moved shapes; no resampling, which blurred
+the moved images and not image 0: on noise-free T2 phantoms that inconsistency alone gave a
+slice-level T2 error of SD 0.9-1.2 ms through the offset estimate) before the noise;
+``truth/shift_px`` [N, 2] holds the (rows, cols) translation, ``truth/rotation_deg`` [N] the
+rotation (counter-clockwise on screen). The masks are the moved
 myocardium fraction >= 0.5, so ``masks[0] == (truth/labels == 1)``.
 
 File layout (one file per modality; extra datasets and attrs beyond the contract)::
@@ -56,10 +77,13 @@ File layout (one file per modality; extra datasets and attrs beyond the contract
                                                               outside the myocardium
     /<case_id>/<slice_id>/truth/shift_px      float32 [N, 2]; truth/rotation_deg float32 [N]
     attrs on /<case_id>:  patient_id, hematocrit, pixel_mm, blood T1s, delta_r1_blood_per_s, ...
-    attrs on the slice:   level, modality, rv_insertion_deg (anterior RV insertion point, degrees
+    attrs on the slice:   level, modality, sequence (stone | molli | shmolli | sasha | t2prep),
+                          rv_insertion_deg (anterior RV insertion point, degrees
                           counter-clockwise from the +column axis about the LV centre of image 0,
                           rows pointing down), rv_inferior_insertion_deg, lv_center_rc, snr,
-                          noise_sigma, t1_blood_ms | t2_blood_ms, myo_*_mean, oedema, ...
+                          noise_sigma, t1_blood_ms | t2_blood_ms, myo_*_mean, oedema, ...;
+                          molli / shmolli: scheme, heart_rate_bpm, rr_intervals_ms,
+                          readout_rate_per_s; sasha: heart_rate_bpm, saturation_efficiency
 
 Case ids ``case_0000``..., patient ids ``P0000``..., slice ids ``slice_0``... (basal first).
 Patient p's data depend only on (seed, p), not on how many patients are written.
@@ -68,6 +92,7 @@ Patient p's data depend only on (seed, p), not on how many patients are written.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -76,12 +101,25 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from datamodules.synthetic.rician_noise import add_rician_noise
+from datamodules.synthetic.sequence_signals import (
+    MOLLI_SCHEMES,
+    SHMOLLI_SCHEME,
+    beat_intervals_ms,
+    inversion_recovery_signal,
+    look_locker_schedule,
+    look_locker_signal,
+    parse_scheme,
+    sasha_times,
+    saturation_recovery_signal,
+    t2prep_signal,
+)
 from formats.atomic_file import atomic_write
 
 MODALITIES = ("t1_native", "t2", "post_contrast")
+SEQUENCES = ("stone", "molli", "shmolli", "sasha")
+"""T1 sequences the phantoms simulate (module docstring); ``stone`` is the default."""
 TI_NATIVE_MS = (100.0, 180.0, 260.0, 350.0, 500.0, 700.0, 1000.0, 1400.0, 2000.0, 2700.0, 3500.0)
 TI_POST_MS = (50.0, 90.0, 130.0, 180.0, 250.0, 350.0, 480.0, 650.0, 850.0, 1100.0, 1500.0)
 TE_T2_MS = (0.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0)
@@ -106,7 +144,7 @@ PD_MYO, PD_BLOOD = 0.80, 0.95
 DEFAULT_SLICES = 5
 # Bumped whenever the generator's output changes: cached files of another version are rewritten
 # (file attr ``generator_version``; see :func:`mapping_phantoms_current`).
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def slice_level(index: int, n_slices: int) -> str:
@@ -276,8 +314,11 @@ def _coil_map(pt: dict, x: np.ndarray, y: np.ndarray, body: np.ndarray) -> np.nd
     return coil / coil[body].mean()
 
 
-def _geometry(pt: dict, rng: np.random.Generator, index: int, n_slices: int) -> dict:
-    """Tissue fractions [K, H, W] of one slice (image-0 geometry) and the myocardial maps."""
+def _geometry(
+    pt: dict, rng: np.random.Generator, index: int, n_slices: int, pose: Pose | None = None
+) -> dict:
+    """Tissue fractions [K, H, W] of one slice and the myocardial maps: the image-0 geometry, or,
+    with ``pose``, the same anatomy (same ``rng`` draws) rigidly moved (:class:`Pose`)."""
     u = rng.uniform
     pos = index / n_slices
     mm = pt["pixel_mm"]
@@ -285,6 +326,8 @@ def _geometry(pt: dict, rng: np.random.Generator, index: int, n_slices: int) -> 
     y = ((height - 1) / 2 - np.arange(height, dtype=np.float32))[:, None]  # up, px
     x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]  # right, px
     x, y = np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width))
+    if pose is not None:  # the anatomy point each pixel shows
+        x, y = pose.source_xy(x, y)
     pv = u(1.0, 1.8)  # partial-volume ramp width, px
     layers: list[tuple[int, np.ndarray]] = []  # (tissue, fraction) in painter's order
 
@@ -473,36 +516,69 @@ def delta_r1_blood_per_ms(pt: dict) -> float:
     return 1 / pt["t1_blood_post"] - 1 / pt["t1_blood"]
 
 
-def _relaxation(modality: str, times_ms: np.ndarray, value_ms: np.ndarray, offset: float):
-    """Signal model per unit amplitude: T1 1 - 2 exp(-TI/T1) (signed), T2 exp(-TE/T2) + b.
+def _sample_heart(seed: int, patient: int) -> dict:
+    """The patient's heart and readout (its own random stream, so the anatomy, motion and noise
+    draws are the same for every sequence): heart rate, beat-to-beat RR variability, the
+    Look-Locker readout's extra relaxation rate (1/ms) and SASHA's saturation efficiency."""
+    rng = _rng(seed, patient, 0)
+    return {
+        "heart_rate_bpm": float(rng.uniform(50, 90)),
+        "rr_variability": float(rng.uniform(0.01, 0.05)),
+        "readout_rate_per_ms": 1.0 / float(rng.uniform(2500, 4000)),
+        "saturation_efficiency": float(rng.uniform(0.95, 1.0)),
+    }
 
-    times_ms [N]; value_ms [...]: returns [N, ...]."""
-    tau = times_ms.reshape((-1,) + (1,) * np.ndim(value_ms)).astype(np.float32)
-    decay = np.exp(-tau / np.asarray(value_ms, np.float32))
-    return decay + np.float32(offset) if modality == "t2" else 1 - 2 * decay
+
+def _t1_readout(
+    sequence: str,
+    modality: str,
+    stone_times: np.ndarray,
+    heart: dict,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], dict]:
+    """Times (sorted, as stored), the signal per unit M0 of a T1 map [*S] -> [N, *S] in that
+    order, and the slice attrs of one T1 acquisition with ``sequence``."""
+    if sequence == "stone":
+        return stone_times, lambda t1: inversion_recovery_signal(stone_times, t1), {}
+    attrs = {"heart_rate_bpm": heart["heart_rate_bpm"]}
+    if sequence == "sasha":
+        ts = sasha_times(60_000.0 / heart["heart_rate_bpm"])
+        order = np.argsort(ts, kind="stable")
+        attrs["saturation_efficiency"] = heart["saturation_efficiency"]
+        return ts[order].astype(np.float32), lambda t1: saturation_recovery_signal(
+            ts[order], t1, efficiency=heart["saturation_efficiency"]
+        ), attrs  # fmt: skip
+    scheme = MOLLI_SCHEMES[modality] if sequence == "molli" else SHMOLLI_SCHEME
+    images, rests = parse_scheme(scheme)
+    rr = beat_intervals_ms(rng, heart["heart_rate_bpm"], sum(images) + sum(rests),
+                           heart["rr_variability"])  # fmt: skip
+    schedule = look_locker_schedule(scheme, rr)
+    order = np.argsort(schedule.ti_ms, kind="stable")
+    attrs |= {"scheme": scheme, "rr_intervals_ms": rr,
+              "readout_rate_per_s": 1000.0 * heart["readout_rate_per_ms"]}  # fmt: skip
+    return schedule.ti_ms[order].astype(np.float32), lambda t1: look_locker_signal(
+        schedule, t1, heart["readout_rate_per_ms"]
+    )[order], attrs  # fmt: skip
 
 
-def _rigid_grid(shape, center_rc, shift_rc: np.ndarray, rot_deg: np.ndarray) -> torch.Tensor:
-    """Sampling grid [N, H, W, 2] of grid_sample (align_corners=True): output pixel p of image n
-    reads input R^-1 (p - c - s) + c, i.e. the anatomy rotated by rot_deg (counter-clockwise on
-    screen) about c = center_rc (rows, cols) and shifted by s = shift_rc (px)."""
-    height, width = shape
-    ang = np.deg2rad(np.asarray(rot_deg, np.float64))
-    co, si = np.cos(ang), np.sin(ang)
-    # pixel (col, row) coordinates: src = M (dst - c - s) + c; on screen (rows down) a
-    # counter-clockwise rotation by +a of (dc, -dr) is undone by M = [[co, -si], [si, co]]
-    m = np.stack([np.stack([co, -si], -1), np.stack([si, co], -1)], -2)  # [N, 2, 2]
-    c = np.array([center_rc[1], center_rc[0]])
-    s = np.asarray(shift_rc, np.float64)[:, ::-1]
-    t = c - np.einsum("nij,nj->ni", m, c + s)
-    # grid_sample's normalised coordinates (align_corners=True): 2 col / (W - 1) - 1, same for rows
-    rows = np.arange(height, dtype=np.float32)[None, :, None]
-    cols = np.arange(width, dtype=np.float32)[None, None, :]
-    m, t = m.astype(np.float32)[..., None, None], t.astype(np.float32)[..., None, None]
-    src_c = m[:, 0, 0] * cols + m[:, 0, 1] * rows + t[:, 0]
-    src_r = m[:, 1, 0] * cols + m[:, 1, 1] * rows + t[:, 1]
-    grid = np.stack([src_c * np.float32(2 / (width - 1)), src_r * np.float32(2 / (height - 1))], -1)
-    return torch.from_numpy(grid - np.float32(1))
+@dataclass(frozen=True)
+class Pose:
+    """A rigid motion of the anatomy: rotation by ``rotation_deg`` (counter-clockwise on screen)
+    about ``center_xy`` (px; x right, y up from the image centre), then a shift of ``shift_rc``
+    (rows, cols; px)."""
+
+    center_xy: tuple[float, float]
+    shift_rc: tuple[float, float]
+    rotation_deg: float
+
+    def source_xy(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The anatomy coordinates (image-0 frame) shown at pixel coordinates (x, y)."""
+        ang = np.deg2rad(self.rotation_deg)
+        co, si = np.float32(np.cos(ang)), np.float32(np.sin(ang))
+        cx, cy = (np.float32(v) for v in self.center_xy)
+        dx = x - cx - np.float32(self.shift_rc[1])
+        dy = y - cy + np.float32(self.shift_rc[0])
+        return cx + co * dx + si * dy, cy - si * dx + co * dy
 
 
 def _acquire(
@@ -517,35 +593,64 @@ def _acquire(
     noise: bool,
     motion: bool,
     snr_range: tuple[float, float],
+    sequence: str = "stone",
+    heart: dict | None = None,
+    sequence_rng: np.random.Generator | None = None,
+    render: Callable[[Pose], tuple[np.ndarray, dict]] | None = None,
 ) -> PhantomAcquisition:
-    """Weighted images, masks and truth of one slice for one modality."""
+    """Weighted images, masks and truth of one slice for one modality (T1: with ``sequence``,
+    the patient's ``heart`` and a random stream for the beat intervals). With motion, image n
+    shows the anatomy re-rendered in its pose by ``render(pose) -> (fractions, myocardial
+    maps)`` (partial volume of the moved shapes, no resampling blur)."""
     frac = geo["frac"]
     height, width = labels.shape
     hct, dr1b = pt["hct"], delta_r1_blood_per_ms(pt)
     is_t2 = modality == "t2"
+    sequence_attrs: dict = {"sequence": "t2prep"}
     if is_t2:
         times = np.array(TE_T2_MS, np.float32)
-        values, myo_values = table["t2"], myo["t2"]
+        values = table["t2"]
+        offset = pt["t2_offset"]
+
+        def unit_signal(t2: np.ndarray) -> np.ndarray:
+            return t2prep_signal(times, t2, offset_fraction=offset)
     else:
         nominal = np.array(TI_NATIVE_MS if modality == "t1_native" else TI_POST_MS)
-        times = np.sort(nominal * rng.uniform(0.97, 1.03, nominal.size)).astype(np.float32)
-        values, myo_values = table["t1"], myo["t1"]
+        # drawn for every sequence, so the motion and noise draws below are the same
+        stone_times = np.sort(nominal * rng.uniform(0.97, 1.03, nominal.size)).astype(np.float32)
+        times, unit_signal, sequence_attrs = _t1_readout(
+            sequence, modality, stone_times, heart or {}, sequence_rng or rng
+        )
+        sequence_attrs["sequence"] = sequence
+        values = table["t1"]
         if modality == "post_contrast":
             values = 1 / (1 / values + table["ecv"] / (1 - hct) * dr1b)
             values[[LV_BLOOD, RV_BLOOD, AORTA]] = pt["t1_blood_post"]
-            myo_values = 1 / (1 / myo["t1"] + myo["ecv"] / (1 - hct) * np.float32(dr1b))
-    offset = pt["t2_offset"] if is_t2 else 0.0
+
+    def myocardial_values(maps: dict) -> np.ndarray:  # T1 (native or post) or T2 per pixel
+        if is_t2:
+            return maps["t2"]
+        if modality == "post_contrast":
+            return 1 / (1 / maps["t1"] + maps["ecv"] / (1 - hct) * np.float32(dr1b))
+        return maps["t1"]
+
+    myo_values = myocardial_values(myo)
     amp = pt["gain"][modality] * table["pd"]  # [K]
-    # signed noise-free image: uniform tissues by a matrix product, myocardium per pixel
-    curves = _relaxation(modality, times, values, offset) * amp  # [N, K]
-    uniform = frac.copy()
-    uniform[MYO] = 0
-    img = np.tensordot(curves.astype(np.float32), uniform, axes=(1, 0))  # [N, H, W]
-    rows, cols = np.nonzero(frac[MYO] > 0)
-    img[:, rows, cols] += (
-        frac[MYO, rows, cols] * np.float32(amp[MYO])
-        * _relaxation(modality, times, myo_values[rows, cols], offset)
-    )  # fmt: skip
+    # signed noise-free images: uniform tissues by a matrix product, myocardium per pixel
+    curves = (unit_signal(values.astype(np.float32)) * amp).astype(np.float32)  # [N, K]
+
+    def images_of(fractions: np.ndarray, myo_t: np.ndarray, which: slice) -> np.ndarray:
+        uniform = fractions.copy()
+        uniform[MYO] = 0
+        img = np.tensordot(curves[which], uniform, axes=(1, 0))  # [n, H, W]
+        rows, cols = np.nonzero(fractions[MYO] > 0)
+        img[:, rows, cols] += (
+            fractions[MYO, rows, cols] * np.float32(amp[MYO])
+            * unit_signal(myo_t[rows, cols])[which]
+        ).astype(np.float32)  # fmt: skip
+        return img
+
+    img = images_of(frac, myo_values, slice(None))
     n = times.size
     lcx, lcy = geo["lv_center_xy"]
     center_rc = ((height - 1) / 2 - lcy, lcx + (width - 1) / 2)
@@ -556,11 +661,13 @@ def _acquire(
         sd = rng.uniform(0.3, 1.5)
         shift[1:] = np.clip(rng.normal(0, sd, (n - 1, 2)), -4, 4)
         rot[1:] = np.clip(rng.normal(0, rng.uniform(0, 1.5), n - 1), -3, 3)
-        grid = _rigid_grid((height, width), center_rc, shift[1:], rot[1:])
-        stack = torch.from_numpy(np.stack([img[1:], myo_frac[1:]], 1))  # [N-1, 2, H, W]
-        moved = F.grid_sample(stack, grid, mode="bilinear", padding_mode="border",
-                              align_corners=True).numpy()  # fmt: skip
-        img[1:], myo_frac[1:] = moved[:, 0], moved[:, 1]
+        if render is None:
+            raise ValueError("motion needs render (the anatomy in a pose)")
+        for k in range(1, n):
+            pose = Pose((lcx, lcy), (float(shift[k, 0]), float(shift[k, 1])), float(rot[k]))
+            moved, moved_maps = render(pose)
+            img[k] = images_of(moved, myocardial_values(moved_maps), slice(k, k + 1))[0]
+            myo_frac[k] = moved[MYO]
     if not is_t2:
         img = np.abs(img)
     img *= coil
@@ -594,9 +701,10 @@ def _acquire(
         "oedema": myo["oedema"],
         "epi_radius_px": geo["epi_radius_px"],
         "wall_thickness_px": geo["wall_px"],
+        **sequence_attrs,
     }
     if is_t2:
-        attrs |= {"t2_offset_fraction": offset, "t2_blood_ms": pt["t2_blood"],
+        attrs |= {"t2_offset_fraction": pt["t2_offset"], "t2_blood_ms": pt["t2_blood"],
                   "myo_t2_mean_ms": float(myo["t2"][in_myo].mean())}  # fmt: skip
     elif modality == "t1_native":
         attrs |= {"t1_blood_ms": pt["t1_blood"], "myo_t1_mean_ms": float(myo_values[in_myo].mean())}
@@ -637,6 +745,7 @@ def simulate_mapping_patient(
     noise: bool = True,
     motion: bool = True,
     snr_range: tuple[float, float] = (10.0, 60.0),
+    sequence: str = "stone",
 ) -> PhantomPatient:
     """Simulate all slices and the three acquisitions of patient ``patient`` (depends only on
     ``seed`` and ``patient``).
@@ -646,9 +755,13 @@ def simulate_mapping_patient(
         slices_per_patient: slices basal -> apical.
         noise: add Rician noise (False: the noise-free magnitude images).
         motion: move images 1.. against image 0 (False: all images in image-0 geometry).
-        snr_range: (low, high) of the log-uniform SNR = myocardial amplitude / noise SD.
+        snr_range: (low, high) of the log-uniform SNR = myocardial amplitude (M0) / noise SD.
+        sequence: T1 sequence of the native and post-contrast acquisitions (:data:`SEQUENCES`).
     """
+    if sequence not in SEQUENCES:
+        raise ValueError(f"sequence must be one of {SEQUENCES}, got {sequence!r}")
     pt = _sample_patient(_rng(seed, patient), slices_per_patient)
+    heart = _sample_heart(seed, patient)
     height, width = pt["shape"]
     y = ((height - 1) / 2 - np.arange(height, dtype=np.float32))[:, None]
     x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]
@@ -661,6 +774,13 @@ def simulate_mapping_patient(
         rng = _rng(seed, patient, j + 1)
         geo = _geometry(pt, rng, j, slices_per_patient)
         myo = _myo_maps(pt, geo, rng, j)
+
+        def render(pose: Pose, j: int = j) -> tuple[np.ndarray, dict]:
+            """The slice's anatomy (the same draws) in ``pose``."""
+            replay = _rng(seed, patient, j + 1)
+            moved = _geometry(pt, replay, j, slices_per_patient, pose)
+            return moved["frac"], _myo_maps(pt, moved, replay, j)
+
         table = _tissue_table(pt, myo)
         labels = _labels(geo["frac"])
         acquisitions = {
@@ -676,6 +796,10 @@ def simulate_mapping_patient(
                 noise,
                 motion,
                 snr_range,
+                sequence,
+                heart,
+                _rng(seed, patient, j + 1, i + 1, 1),
+                render,
             )  # fmt: skip
             for i, m in enumerate(MODALITIES)
         }
@@ -690,6 +814,7 @@ def simulate_mapping_patient(
         "myo_ecv_elevated": pt["myo"]["ecv_elevated"],
         "myo_t2_elevated": pt["myo"]["t2_elevated"],
         "oedema": pt["oedema"] is not None,
+        "heart_rate_bpm": heart["heart_rate_bpm"],
     }
     return PhantomPatient(case_attrs=case_attrs, slices=slices)
 
@@ -701,11 +826,14 @@ def mapping_phantom_paths(
     slices_per_patient: int = DEFAULT_SLICES,
     noise: bool = True,
     motion: bool = True,
+    sequence: str = "stone",
 ) -> dict[str, Path]:
     """File of each modality: ``mapping_<modality>_p{n}_seed{seed}.h5``, with ``_s{k}`` when
-    ``slices_per_patient != 5``, ``_nonoise`` / ``_nomotion`` when those are off."""
+    ``slices_per_patient != 5``, ``_nonoise`` / ``_nomotion`` when those are off and
+    ``_<sequence>`` for a T1 sequence other than STONE."""
     suffix = f"_s{slices_per_patient}" if slices_per_patient != DEFAULT_SLICES else ""
     suffix += ("" if noise else "_nonoise") + ("" if motion else "_nomotion")
+    suffix += "" if sequence == "stone" else f"_{sequence}"
     directory = Path(directory)
     return {m: directory / f"mapping_{m}_p{n_patients}_seed{seed}{suffix}.h5" for m in MODALITIES}
 
@@ -753,6 +881,7 @@ def write_mapping_phantoms(
     noise: bool = True,
     motion: bool = True,
     snr_range: tuple[float, float] = (10.0, 60.0),
+    sequence: str = "stone",
 ) -> dict[str, Path]:
     """Write the three phantom files (native T1, T2, post-contrast T1) of one seed, atomically.
 
@@ -760,7 +889,8 @@ def write_mapping_phantoms(
         directory: output folder (created).
         n_patients: patients (case ids ``case_0000``...; patient ids ``P0000``...).
         seed: generator seed; patient p depends only on (seed, p).
-        slices_per_patient, noise, motion, snr_range: see :func:`simulate_mapping_patient`.
+        slices_per_patient, noise, motion, snr_range, sequence: see
+            :func:`simulate_mapping_patient`.
 
     Returns:
         ``{modality: path}`` for ``t1_native``, ``t2``, ``post_contrast`` (names from
@@ -770,11 +900,15 @@ def write_mapping_phantoms(
         raise ValueError(
             f"n_patients={n_patients} and slices_per_patient={slices_per_patient} must be >= 1"
         )
-    paths = mapping_phantom_paths(directory, n_patients, seed, slices_per_patient, noise, motion)
+    if sequence not in SEQUENCES:
+        raise ValueError(f"sequence must be one of {SEQUENCES}, got {sequence!r}")
+    paths = mapping_phantom_paths(
+        directory, n_patients, seed, slices_per_patient, noise, motion, sequence
+    )
 
     def simulate(p: int) -> PhantomPatient:
         return simulate_mapping_patient(
-            seed, p, slices_per_patient, noise, motion, tuple(snr_range)
+            seed, p, slices_per_patient, noise, motion, tuple(snr_range), sequence
         )
 
     torch_threads = torch.get_num_threads()
@@ -787,7 +921,7 @@ def write_mapping_phantoms(
             f.attrs.update(generator=__name__, generator_version=GENERATOR_VERSION,
                            seed=seed, n_patients=n_patients,
                            slices_per_patient=slices_per_patient, modality=m,
-                           noise=noise, motion=motion)  # fmt: skip
+                           noise=noise, motion=motion, sequence=sequence)  # fmt: skip
         for first in range(0, n_patients, 8):
             batch = range(first, min(first + 8, n_patients))
             for p, patient in zip(batch, pool.map(simulate, batch), strict=True):

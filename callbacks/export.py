@@ -264,6 +264,7 @@ def export_artifact(
         "source_checkpoint": metadata.get("source_checkpoint"),
         "parity_max_abs_diff": diff,
         "parity_n_cases": len(batch),
+        "n_parameters": sum(p.numel() for p in fp32_net.parameters()),
         "optimisation": {
             "freeze": freeze or int8,
             "fold_batchnorm": freeze and fold_batchnorm and not int8,

@@ -116,10 +116,14 @@ class DiceCrossEntropyLoss(nn.Module):
 
     The Dice term is MONAI's ``DiceLoss`` (softmax, one-hot labels, background excluded,
     ``smooth`` added to numerator and denominator, per image); the cross-entropy is PyTorch's,
-    with the class weights. Not MONAI's ``DiceCELoss``: its ``weight`` scales the Dice term of
-    each class as well (×5 for the myocardium here), which changes the loss. Measured against the
-    hand-written soft Dice this replaced (100 seeded batches [8, 2, 256, 256], 2 cores of an AMD
-    EPYC Zen 3): same loss to 6e-8, same gradients to 4e-10, 10.3 vs 10.0 ms per call.
+    with the class weights. Measured against the hand-written soft Dice this replaced (100 seeded
+    batches [8, 2, 256, 256] with rings and empty images; 2 threads of an AMD EPYC Zen 3): the same
+    loss to 2.4e-7, the same gradients to 9e-13, and faster, 16.3 vs 22.0 ms per forward +
+    backward. For two classes it equals MONAI's all-in-one ``DiceCELoss`` exactly
+    (``benchmarks/monai_equivalence.py``), which is not used as is for two reasons: with three
+    or more classes its ``weight`` also scales each class's Dice term, and its weights live under
+    other state-dict names, so checkpoints of earlier runs (``loss.class_weights``) would no longer
+    load.
 
     Args:
         n_classes: logits per pixel (>= 2), labels ``0 … n_classes - 1``.

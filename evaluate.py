@@ -169,6 +169,10 @@ def _evaluate_mapping(cfg: DictConfig, out_dir: Path) -> dict:
     metrics["elapsed_s"] = time.perf_counter() - start
     for logger in [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]:
         flat = {"eval/patient_success": metrics["patient_success"]["rate"]}
+        boundary = metrics.get("boundary") or {}
+        for key in ("hd95_mean", "assd_mean"):
+            if boundary.get(key) is not None:
+                flat[f"eval/myo_{key[:-5]}_{boundary['unit']}"] = boundary[key]
         for level, a in metrics["agreement"].items():
             if a is not None:
                 flat |= {f"eval/{level}/bias": a["bland_altman"]["bias"]}
@@ -268,14 +272,18 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics, files = write_aif_report(cases, methods, context, out_dir, int(cfg.n_examples))
     _log_to_loggers(cfg, metrics, files)
     for name, s in metrics["methods"].items():
+        lv = s["boundary"]["lv"]
         log.info(
-            "%s: detection %.1f %%, LV Dice %.3f ± %.3f, Dice > 0.75 %.1f %%, %d failures",
+            "%s: detection %.1f %%, LV Dice %.3f ± %.3f, Dice > 0.75 %.1f %%, %d failures, "
+            "LV HD95 %s px (%d empty)",
             name,
             100 * s["detection_rate"],
             s["lv_dice_mean"],
             s["lv_dice_sd"],
             100 * s["dice_gt_075"],
             s["n_failures"],
+            "–" if lv["hd95_mean"] is None else f"{lv['hd95_mean']:.2f}",
+            lv["n_empty_prediction"],
         )
     log.info("Report: %s (%.1f s)", files["report"], time.perf_counter() - start)
     return metrics

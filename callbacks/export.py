@@ -276,6 +276,7 @@ def export_artifact(
         "check_run": list(metadata.get("check_run") or []),
         "parity_max_abs_diff": diff,
         "parity_n_cases": len(batch),
+        "n_parameters": sum(p.numel() for p in fp32_net.parameters()),
         "optimisation": {
             "freeze": freeze or int8,
             "fold_batchnorm": freeze and fold_batchnorm and not int8,

@@ -49,11 +49,13 @@ class MappingImageDataset(LazyHDF5Dataset):
     """Weighted images of a mapping file as network samples, one image per item.
 
     A sample is ``{"image": float32 [1, S, S], "mask": int64 [S, S], "case_id": str,
-    "slice_id": str, "image_index": int, "time_ms": float, "native_shape": int64 [2]}`` with
+    "slice_id": str, "image_index": int, "time_ms": float, "native_shape": int64 [2],
+    "pixel_spacing_mm": float32 [2]}`` with
     S = ``image_size``: the image normalised per image (:func:`normalize_intensity`), zero padded
     to a square if ``keep_aspect`` (else stretched) and resized bicubically; the mask resized by
-    nearest neighbour (1 = myocardium). ``transform(sample) -> sample`` is applied last
-    (training augmentation).
+    nearest neighbour (1 = myocardium); ``pixel_spacing_mm`` is the (row, column) pixel size of
+    the network grid, from the slice attr ``pixel_spacing_mm`` and the resize (NaN when the file
+    does not give it). ``transform(sample) -> sample`` is applied last (training augmentation).
 
     The HDF5 file is opened lazily in each process (reopened when the pid changes), never in
     ``__init__``, so ``num_workers > 0`` works; the handle is dropped when pickled.
@@ -108,10 +110,21 @@ class MappingImageDataset(LazyHDF5Dataset):
             "image_index": image_index,
             "time_ms": float(info.times_ms[image_index]),
             "native_shape": torch.tensor(info.shape, dtype=torch.int64),
+            "pixel_spacing_mm": network_pixel_spacing_mm(info, geometry),
         }
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
+
+
+def network_pixel_spacing_mm(info: MappingSliceInfo, geometry: ResizeGeometry) -> torch.Tensor:
+    """(row, column) pixel size of the network grid in mm, float32 [2]; NaN when the slice has
+    no ``pixel_spacing_mm`` attr (synthetic phantoms)."""
+    native = info.attrs.get("pixel_spacing_mm")
+    if native is None:
+        return torch.full((2,), float("nan"))
+    scale = torch.tensor(geometry.scale, dtype=torch.float64)
+    return (torch.as_tensor(native, dtype=torch.float64).reshape(2) / scale).float()
 
 
 class MappingDataModule(SplitDataModule):
@@ -127,7 +140,9 @@ class MappingDataModule(SplitDataModule):
     - ``"case_id"``, ``"slice_id"``: lists of B str; ``"image_index"``: int64 [B], the image's
       index in its slice; ``"time_ms"``: float64 [B], its TI (T1) or T2-prep TE (T2) in ms;
       ``"native_shape"``: int64 [B, 2], (H, W) of the native image (for
-      :class:`quantification.image_resize.ResizeGeometry` and the inverse resize).
+      :class:`quantification.image_resize.ResizeGeometry` and the inverse resize);
+      ``"pixel_spacing_mm"``: float32 [B, 2], the network grid's (row, column) pixel size (NaN
+      where the file gives none), for boundary distances in mm.
 
     Training samples are augmented (random translation, mirroring, elastic deformation:
     :class:`RandomTranslateFlipElastic`); validation and test samples are not.

@@ -3,7 +3,9 @@
 For each case of an AIF contract file (with a reference ``mask``): every network goes through the
 runtime's steps (preprocessing with its own parameters, probabilities, SPEC A6 threshold rule,
 geometry restored to the input pixels), the legacy detector runs on the raw series, and each LV
-mask is scored against the reference (Dice, failure reason). AIF curves are measured from the
+mask is scored against the reference (Dice, failure reason, and the boundary distances HD95 and
+ASSD of the LV and, for methods that label it, the RV: ``lightning_modules.boundary_metrics``,
+in pixels, as the AIF contract carries no pixel size). AIF curves are measured from the
 predicted and from the reference LV mask on the same signal (coil-corrected SR frames of the whole
 acquisition on the 0.5 s grid, divided by the series maximum as in the network input, so values
 are comparable with the paper's normalised AIF), and their first-pass features computed.
@@ -22,6 +24,7 @@ import numpy as np
 from evaluation.detection_outcome import detection_outcome
 from evaluation.predictors import AIFPredictor
 from formats.aif_contract import AIFCase, AIFContractError, read_aif_case
+from lightning_modules.boundary_metrics import BoundaryDistances, boundary_distances
 from quantification.aif_curve import aif_curve, aif_features
 from quantification.aif_preprocessing import (
     AIFPreprocessing,
@@ -31,7 +34,7 @@ from quantification.aif_preprocessing import (
     restore_geometry,
 )
 from quantification.legacy_aif_detector import LegacyDetectorSettings, detect_lv_legacy
-from quantification.lv_mask import LABEL_LV, masks_from_probabilities
+from quantification.lv_mask import LABEL_LV, LABEL_RV, masks_from_probabilities
 
 LEGACY = "legacy"
 """Method name of the legacy detector in reports."""
@@ -48,6 +51,8 @@ class MethodCase:
         aif: float32 [N] AIF from the predicted LV (normalised units), None when the LV is empty.
         features: first-pass features of ``aif`` (s, normalised units), None when empty.
         curve_cc: Pearson correlation of ``aif`` with the reference AIF (NaN when empty).
+        boundary: structure (``"lv"``, and ``"rv"`` for methods that label the RV) -> its HD95
+            and ASSD against the reference, in pixels (one case).
     """
 
     labels: np.ndarray
@@ -56,6 +61,7 @@ class MethodCase:
     aif: np.ndarray | None
     features: dict[str, float] | None
     curve_cc: float
+    boundary: dict[str, BoundaryDistances] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,13 +115,28 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+STRUCTURES = {"lv": LABEL_LV, "rv": LABEL_RV}
+"""Structures whose boundary distances are measured, by label."""
+
+
 def _method_case(
-    labels: np.ndarray, ev: CaseEvaluation, signal: np.ndarray, scale: float, step_s: float
+    labels: np.ndarray,
+    ev: CaseEvaluation,
+    signal: np.ndarray,
+    scale: float,
+    step_s: float,
+    labels_rv: bool,
 ) -> MethodCase:
     outcome = detection_outcome(labels, ev.reference)
+    boundary = {
+        name: boundary_distances(labels[None] == label, ev.reference[None] == label)
+        for name, label in STRUCTURES.items()
+        if name == "lv" or labels_rv
+    }
     lv = labels == LABEL_LV
     if not lv.any():
-        return MethodCase(labels, outcome.lv_dice, outcome.reason, None, None, float("nan"))
+        nan = float("nan")
+        return MethodCase(labels, outcome.lv_dice, outcome.reason, None, None, nan, boundary)
     curve, features = _curve_and_features(signal, lv, scale, step_s)
     return MethodCase(
         labels,
@@ -124,6 +145,7 @@ def _method_case(
         curve,
         features,
         _correlation(curve, ev.reference_aif),
+        boundary,
     )
 
 
@@ -203,13 +225,23 @@ def evaluate_aif_cases(
                         masks_from_probabilities(p, predictor.n_classes), pre
                     ).astype(np.uint8)
                     ev.methods[predictor.name] = _method_case(
-                        labels, ev, signal, scale, reference_params.grid_step_s
+                        labels,
+                        ev,
+                        signal,
+                        scale,
+                        reference_params.grid_step_s,
+                        labels_rv=predictor.n_classes == 3,
                     )
             if legacy is not None:
                 for case, ev, (signal, scale) in zip(batch, evaluations, signals, strict=True):
                     found = detect_lv_legacy(case.series, case.times_s, case.n_pd_frames, legacy)
                     ev.methods[LEGACY] = _method_case(
-                        found.labels, ev, signal, scale, reference_params.grid_step_s
+                        found.labels,
+                        ev,
+                        signal,
+                        scale,
+                        reference_params.grid_step_s,
+                        labels_rv=True,
                     )
             results.extend(evaluations)
             if progress is not None:

@@ -1,7 +1,9 @@
 """AIF evaluation summary (SPEC A7): metrics.json content and the Markdown report.
 
 Per method: detection rate (LV Dice > 0.5), Dice mean ± SD, share with Dice > 0.75, failures with
-their reason, paired t-test of Dice against the primary model on the same cases; AIF curves from
+their reason, paired t-test of Dice against the primary model on the same cases; boundary
+distances of the LV (and RV) masks, HD95 and ASSD in pixels (mean ± SD over the cases where both
+masks exist, with the empty and spurious predictions counted beside them); AIF curves from
 the method's LV vs the reference LV: curve correlation, and per first-pass feature the mean ± SD of
 both, paired t-test P, mean % difference and Bland-Altman. Published values (SPEC A7) are printed
 beside ours.
@@ -22,6 +24,7 @@ from evaluation import published
 from evaluation.aif_evaluation import CaseEvaluation
 from evaluation.detection_outcome import GOOD_DICE, SUCCESS_DICE
 from formats.atomic_file import atomic_write
+from lightning_modules.boundary_metrics import concatenate_distances, summarize_boundary
 from quantification.statistics import mean_sd, paired_agreement, paired_t_test
 
 FEATURES = ("foot_s", "peak_s", "valley_s", "first_pass_s", "peak_value", "auc")
@@ -63,6 +66,7 @@ def method_summary(cases: list[CaseEvaluation], method: str, primary: str | None
         "failure_reasons": dict(Counter(f["reason"] for f in failures)),
         "failures": failures,
         "p_dice_vs_primary": None,
+        "boundary": boundary_summary(cases, method),
     }
     if primary is not None and method != primary and len(cases) >= 2:
         other = np.array([c.methods[primary].lv_dice for c in cases])
@@ -90,6 +94,16 @@ def method_summary(cases: list[CaseEvaluation], method: str, primary: str | None
                 "r": _finite(agreement.r),
             }
     summary["aif"]["features"] = features
+    return summary
+
+
+def boundary_summary(cases: list[CaseEvaluation], method: str) -> dict[str, Any]:
+    """HD95 / ASSD of each structure the method labels (``BoundarySummary`` fields), in px."""
+    structures = cases[0].methods[method].boundary if cases else {}
+    summary: dict[str, Any] = {"unit": "px"}
+    for name in structures:
+        parts = [c.methods[method].boundary[name] for c in cases]
+        summary[name] = asdict(summarize_boundary(concatenate_distances(parts)))
     return summary
 
 
@@ -123,6 +137,13 @@ def flat_scalars(metrics: dict) -> dict[str, float]:
             flat[f"eval/{method}/{key}"] = float(s[key])
         if s["aif"]["curve_cc_mean"] is not None:
             flat[f"eval/{method}/aif_curve_cc"] = float(s["aif"]["curve_cc_mean"])
+        for structure, b in s["boundary"].items():
+            if structure == "unit":
+                continue
+            for key in ("hd95_mean", "assd_mean"):
+                if b[key] is not None:
+                    flat[f"eval/{method}/{structure}_{key[:-5]}_px"] = float(b[key])
+            flat[f"eval/{method}/{structure}_n_empty"] = float(b["n_empty_prediction"])
     return flat
 
 
@@ -140,6 +161,35 @@ def _p(p: float | None) -> str:
     if p is None or not np.isfinite(p):
         return "–"
     return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
+
+
+def boundary_markdown(methods: dict[str, Any]) -> list[str]:
+    """The boundary-distance table of the report (lines), one row per method and structure."""
+    lines = [
+        "## Boundary distances (pixels; the AIF contract carries no pixel size)",
+        "",
+        "| method | structure | cases measured | HD95 mean ± SD | ASSD mean ± SD | "
+        "empty predictions | spurious predictions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in methods.items():
+        for structure, b in s["boundary"].items():
+            if structure == "unit":
+                continue
+            lines.append(
+                f"| {name} | {structure.upper()} | {b['n_measured']} | "
+                f"{_pm(b['hd95_mean'], b['hd95_sd'], 2)} | {_pm(b['assd_mean'], b['assd_sd'], 2)} "
+                f"| {b['n_empty_prediction']} | {b['n_spurious']} |"
+            )
+    return [
+        *lines,
+        "",
+        "HD95: 95th-percentile Hausdorff distance; ASSD: average symmetric surface distance "
+        "(MONAI). Means are over the cases where both masks exist (both empty: 0); a case "
+        "with an empty prediction or a structure absent from the reference is counted, not "
+        "averaged.",
+        "",
+    ]
 
 
 def aif_report_markdown(metrics: dict, figures: dict[str, str]) -> str:
@@ -180,6 +230,7 @@ def aif_report_markdown(metrics: dict, figures: dict[str, str]) -> str:
         " LV (on the LV, Dice ≤ 0.5).",
         "",
     ]
+    lines += boundary_markdown(methods)
     failures = [(m, f) for m, s in methods.items() for f in s["failures"]]
     if failures:
         lines += ["### Failures", "", "| method | case | LV Dice | reason |", "|---|---|---|---|"]

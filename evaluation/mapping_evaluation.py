@@ -6,7 +6,9 @@ For every case of the mapping files (T2: one file; ECV: native and post-contrast
   (the expert masks of the paper's reference maps; on phantoms the exact masks);
 * **automated**: the same pipeline on masks produced by a segmenter per modality (the network
   under test), which then go through the same shape QC, refinement, polar fits and pruning;
-* **DSC** of every automated mask against the stored mask (before QC, as in SPEC B5 Table 2).
+* **DSC** of every automated mask against the stored mask (before QC, as in SPEC B5 Table 2),
+  and its boundary distances, HD95 and ASSD (``lightning_modules.boundary_metrics``, MONAI), in
+  pixels of the native image and in mm where the slice gives ``pixel_spacing_mm``.
 
 A segmenter is any ``Callable[[Acquisition], np.ndarray]`` returning bool masks [N, H, W]: in
 ``evaluate.py`` a ``MyocardiumSegmenter`` on the images of an exported model.
@@ -23,6 +25,12 @@ import numpy as np
 
 from exports.mapping_cli import MappingInputError, read_acquisitions
 from exports.mapping_pipeline import Acquisition, MappingPipeline, SliceResult
+from formats.mapping_contract import scan_mapping_file
+from lightning_modules.boundary_metrics import (
+    BoundaryDistances,
+    boundary_distances,
+    concatenate_distances,
+)
 
 Segmenter = Callable[[Acquisition], np.ndarray]
 """bool [N, H, W] myocardium masks of one acquisition's images."""
@@ -43,6 +51,8 @@ class MappingCaseEvaluation:
         case_id, patient_id: identifiers.
         automated, reference: one :class:`SliceResult` per slice, same order.
         dice: DSC of every automated mask vs the stored mask (all modalities), [n_images].
+        boundary_px: HD95 / ASSD of the same masks, pixels, [n_images] (None: not measured).
+        boundary_mm: the same in mm, None unless every image's slice gives its pixel size.
     """
 
     case_id: str
@@ -50,6 +60,8 @@ class MappingCaseEvaluation:
     automated: list[SliceResult]
     reference: list[SliceResult]
     dice: np.ndarray
+    boundary_px: BoundaryDistances | None = None
+    boundary_mm: BoundaryDistances | None = None
 
 
 def mask_dice(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -60,6 +72,15 @@ def mask_dice(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
     overlap = (p & r).reshape(len(p), -1).sum(1)
     total = p.reshape(len(p), -1).sum(1) + r.reshape(len(r), -1).sum(1)
     return np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), 1.0)
+
+
+def pixel_spacings(path: str | os.PathLike) -> dict[tuple[str, str], np.ndarray | None]:
+    """(case_id, slice_id) -> the slice's ``pixel_spacing_mm`` (row, column), None if absent."""
+    spacings = {}
+    for info in scan_mapping_file(path):
+        value = info.attrs.get("pixel_spacing_mm")
+        spacings[info.case_id, info.slice_id] = None if value is None else np.asarray(value, float)
+    return spacings
 
 
 def _read(path: Path, time_key: str, insertion: str) -> dict[str, tuple[dict, list[Acquisition]]]:
@@ -79,14 +100,34 @@ def _read(path: Path, time_key: str, insertion: str) -> dict[str, tuple[dict, li
     return cases
 
 
-def _automated(acq: Acquisition, segment: Segmenter) -> tuple[Acquisition, np.ndarray]:
+@dataclass
+class _ImageScores:
+    """DSC and boundary distances of the automated masks of the images of one case."""
+
+    dice: list[np.ndarray]
+    px: list[BoundaryDistances]
+    mm: list[BoundaryDistances | None]
+
+    def add(self, masks: np.ndarray, acq: Acquisition, spacing_mm: np.ndarray | None) -> None:
+        reference = np.asarray(acq.masks, bool)
+        self.dice.append(mask_dice(masks, reference))
+        self.px.append(boundary_distances(masks, reference))
+        mm = None if spacing_mm is None else boundary_distances(masks, reference, spacing_mm)
+        self.mm.append(mm)
+
+
+def _automated(
+    acq: Acquisition, segment: Segmenter, scores: _ImageScores, spacing_mm: np.ndarray | None
+) -> Acquisition:
+    """The acquisition with the segmenter's masks; their scores are added to ``scores``."""
     masks = np.asarray(segment(acq), dtype=bool)
     if masks.shape != acq.images.shape:
         raise ValueError(
             f"{acq.case_id}/{acq.slice_id}: the segmenter returned masks {masks.shape} for "
             f"images {acq.images.shape}"
         )
-    return replace(acq, masks=masks.astype(np.uint8)), mask_dice(masks, acq.masks)
+    scores.add(masks, acq, spacing_mm)
+    return replace(acq, masks=masks.astype(np.uint8))
 
 
 def _text(value: object) -> str:
@@ -134,15 +175,17 @@ def evaluate_mapping_cases(
         raise ValueError("pass a pipeline without segmenter: masks are given per run")
     time_key = "te_ms" if quantity == "t2" else "ti_ms"
     files = {m: _read(Path(paths[m]), time_key, insertion) for m in modalities}
+    spacing = {m: pixel_spacings(paths[m]) for m in modalities}
     main = files[modalities[-1]]
     results = []
     for case_id, (attrs, slices) in list(main.items())[:max_cases]:
-        dice: list[np.ndarray] = []
+        scores = _ImageScores([], [], [])
         automated, reference = [], []
         if quantity == "t2":
             for acq in slices:
-                auto_acq, d = _automated(acq, segmenters["t2"])
-                dice.append(d)
+                auto_acq = _automated(
+                    acq, segmenters["t2"], scores, spacing["t2"][case_id, acq.slice_id]
+                )
                 reference.append(pipeline.t2_slice(acq))
                 automated.append(pipeline.t2_slice(auto_acq))
         else:
@@ -164,9 +207,10 @@ def evaluate_mapping_cases(
                         "the native slice of the post-contrast one; found none"
                     )
                 native = by_id[post.slice_id]
-                auto_native, d_native = _automated(native, segmenters["t1_native"])
-                auto_post, d_post = _automated(post, segmenters["post_contrast"])
-                dice += [d_native, d_post]
+                native_spacing = spacing["t1_native"][case_id, native.slice_id]
+                post_spacing = spacing["post_contrast"][case_id, post.slice_id]
+                auto_native = _automated(native, segmenters["t1_native"], scores, native_spacing)
+                auto_post = _automated(post, segmenters["post_contrast"], scores, post_spacing)
                 reference.append(pipeline.ecv_slice(native, post, float(hematocrit)))
                 automated.append(pipeline.ecv_slice(auto_native, auto_post, float(hematocrit)))
         results.append(
@@ -175,7 +219,13 @@ def evaluate_mapping_cases(
                 patient_id=_text(attrs.get("patient_id", case_id)),
                 automated=automated,
                 reference=reference,
-                dice=np.concatenate(dice) if dice else np.zeros(0),
+                dice=np.concatenate(scores.dice) if scores.dice else np.zeros(0),
+                boundary_px=concatenate_distances(scores.px),
+                boundary_mm=(
+                    concatenate_distances(scores.mm)  # type: ignore[arg-type]
+                    if all(mm is not None for mm in scores.mm)
+                    else None
+                ),
             )
         )
     return results
@@ -189,4 +239,5 @@ __all__ = [
     "Segmenter",
     "evaluate_mapping_cases",
     "mask_dice",
+    "pixel_spacings",
 ]

@@ -3,7 +3,9 @@
 For automated vs reference T2 (ms) or ECV (%): mean ± SD of both, Wilcoxon signed-rank P,
 Pearson R with 95 % CI, regression slope with 95 % CI, Bland-Altman bias ± SD with the 1.96 SD
 limits; success rates (slices: SPEC B4 valid-image rule; patients: a successful basal, mid and
-apical slice), refinement rate (replaced masks / images), DSC of the automated masks, and
+apical slice), refinement rate (replaced masks / images), DSC and boundary distances (HD95,
+ASSD: mm when every slice gives its pixel size, pixels otherwise; empty predictions counted) of
+the automated masks, and
 sensitivity/specificity per patient for T2 >= 58 ms or ECV >= 29 %. ``table2_markdown`` lays out
 several experiments (``exp1``...``exp6``) like SPEC B5 Table 2.
 
@@ -29,6 +31,7 @@ import numpy as np
 from evaluation import published
 from evaluation.mapping_evaluation import MappingCaseEvaluation
 from formats.atomic_file import atomic_write
+from lightning_modules.boundary_metrics import concatenate_distances, summarize_boundary
 from quantification.aha_segments import patient_success
 from quantification.statistics import diagnostic_accuracy, mean_sd, paired_agreement
 
@@ -86,6 +89,19 @@ def agreement_summary(auto: np.ndarray, ref: np.ndarray) -> dict[str, Any] | Non
     }
 
 
+def mapping_boundary(cases: Sequence[MappingCaseEvaluation]) -> dict[str, Any] | None:
+    """HD95 / ASSD of the automated myocardium masks (``BoundarySummary`` fields and ``unit``):
+    mm when every case has them in mm, pixels otherwise; None when not measured."""
+    if not cases or any(c.boundary_px is None for c in cases):
+        return None
+    in_mm = all(c.boundary_mm is not None for c in cases)
+    parts = [c.boundary_mm if in_mm else c.boundary_px for c in cases]
+    return {
+        "unit": "mm" if in_mm else "px",
+        **asdict(summarize_boundary(concatenate_distances(parts))),
+    }
+
+
 def mapping_metrics(
     cases: Sequence[MappingCaseEvaluation], quantity: str, context: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -124,6 +140,7 @@ def mapping_metrics(
             "rate": sum(s.refined_images for s in slices) / n_images if n_images else None,
         },
         "dsc": {"n_images": int(dice.size), "mean": dice_mean, "sd": dice_sd},
+        "boundary": mapping_boundary(cases),
         "agreement": {level: agreement_summary(*pairs[level]) for level in LEVELS},
         "diagnostic_accuracy": accuracy,
         "failed_slices": [
@@ -171,6 +188,7 @@ def mapping_report_markdown(metrics: Mapping[str, Any], figures: Mapping[str, st
         f"({100 * (metrics['refinement']['rate'] or 0):.1f} %) |",
         f"| DSC of the automated masks ({metrics['dsc']['n_images']} images) | "
         f"{_fmt(metrics['dsc']['mean'])} ± {_fmt(metrics['dsc']['sd'])} |",
+        *_boundary_rows(metrics.get("boundary")),
         "",
         f"## Automated vs reference {name} ({unit})",
         "",
@@ -210,6 +228,20 @@ def mapping_report_markdown(metrics: Mapping[str, Any], figures: Mapping[str, st
         lines += [f"- {title}: ![{title}]({path})" for title, path in figures.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _boundary_rows(b: dict[str, Any] | None) -> list[str]:
+    """Report rows of the automated masks' HD95 and ASSD (none when not measured)."""
+    if b is None:
+        return []
+    what = f"of the automated masks ({b['n_measured']} images, {b['unit']})"
+    pm = lambda m, sd: "–" if m is None else f"{m:.2f} ± {sd:.2f}"  # noqa: E731
+    return [
+        f"| HD95 {what} | {pm(b['hd95_mean'], b['hd95_sd'])} |",
+        f"| ASSD {what} | {pm(b['assd_mean'], b['assd_sd'])} |",
+        f"| empty / spurious automated masks (not in the means) | {b['n_empty_prediction']} / "
+        f"{b['n_spurious']} |",
+    ]
 
 
 TABLE2_ROWS = (

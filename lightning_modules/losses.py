@@ -8,6 +8,12 @@ with i running over every pixel of the batch and c over ``iou_classes``. The pap
 background IoU is always near 1 and carries almost no signal). Our default computes J over the
 foreground classes, LV (and RV for 3CS), because the IoU term is there to counter the class
 imbalance of a blood pool of 25–65 pixels in a 64×48 image.
+
+Why this loss is ours and not MONAI's: MONAI has no −log soft-IoU loss. Its closest,
+``DiceLoss(jaccard=True, batch=True)``, is ``1 − J``, whose gradient lacks the ``1/J`` factor of
+``−log J`` (SPEC A5's form, which pushes hardest where the overlap is poor). The
+myocardium loss, :class:`DiceCrossEntropyLoss`, takes its Dice term from MONAI (same values,
+measured; see its docstring).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.losses import DiceLoss
 from torch import nn
 from torch.nn import functional as F
 
@@ -98,23 +105,6 @@ class CrossEntropySoftIoULoss(nn.Module):
         return self.ce_weight * ce - self.iou_weight * iou.log().mean()
 
 
-def soft_dice_per_image(
-    probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
-) -> torch.Tensor:
-    """Soft Dice of each image and channel, ``[B, C]``.
-
-    Args:
-        probability: ``[B, C, H, W]`` predicted probabilities in [0, 1].
-        target: ``[B, C, H, W]`` one-hot reference (0/1).
-        smooth: added to numerator and denominator (pixels), so an image without the class
-            scores ~1 when the prediction is empty too, instead of 0/0.
-    """
-    dims = (2, 3)
-    intersection = (probability * target).sum(dims)
-    total = probability.sum(dims) + target.sum(dims)
-    return (2 * intersection + smooth) / (total + smooth)
-
-
 class DiceCrossEntropyLoss(nn.Module):
     """``ce_weight·CE + dice_weight·(1 − mean soft Dice)`` for a multi-channel softmax head.
 
@@ -124,15 +114,27 @@ class DiceCrossEntropyLoss(nn.Module):
     Dice is computed per image and per foreground class, then averaged: a thin ring of ~5 % of the
     pixels gets as much weight as the background.
 
+    The Dice term is MONAI's ``DiceLoss`` (softmax, one-hot labels, background excluded,
+    ``smooth`` added to numerator and denominator, per image); the cross-entropy is PyTorch's,
+    with the class weights. Measured against the hand-written soft Dice this replaced (100 seeded
+    batches [8, 2, 256, 256] with rings and empty images; 2 threads of an AMD EPYC Zen 3): the same
+    loss to 2.4e-7, the same gradients to 9e-13, and faster, 16.3 vs 22.0 ms per forward +
+    backward. For two classes it equals MONAI's all-in-one ``DiceCELoss`` exactly
+    (``benchmarks/monai_equivalence.py``), which is not used as is for two reasons: with three
+    or more classes its ``weight`` also scales each class's Dice term, and its weights live under
+    other state-dict names, so checkpoints of earlier runs (``loss.class_weights``) would no longer
+    load.
+
     Args:
         n_classes: logits per pixel (>= 2), labels ``0 … n_classes - 1``.
         ce_weight: weight of the cross-entropy term.
         dice_weight: weight of ``1 − soft Dice``.
-        dice_classes: labels whose soft Dice enters the loss (default: all but background).
-        smooth: Dice smoothing in pixels (see :func:`soft_dice_per_image`).
+        smooth: Dice smoothing in pixels, added to numerator and denominator, so an image without
+            the class scores ~1 when the prediction is empty too, instead of 0/0.
         class_weights: per-class cross-entropy weights (length ``n_classes``; ``None``: ones).
             The myocardium is < 1 % of a 256×256 image: a weight > 1 on it keeps an untrained
             network from settling on "all background".
+        include_background: the background's Dice enters the mean too (default: foreground only).
 
     Example:
         >>> loss = DiceCrossEntropyLoss(n_classes=2)
@@ -147,9 +149,9 @@ class DiceCrossEntropyLoss(nn.Module):
         n_classes: int = 2,
         ce_weight: float = 1.0,
         dice_weight: float = 1.0,
-        dice_classes: Sequence[int] | None = None,
         smooth: float = 1.0,
         class_weights: Sequence[float] | None = None,
+        include_background: bool = False,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -157,16 +159,18 @@ class DiceCrossEntropyLoss(nn.Module):
         weights = torch.ones(n_classes) if class_weights is None else torch.tensor(class_weights)
         if weights.shape != (n_classes,):
             raise ValueError(f"class_weights needs {n_classes} values, got {list(weights)}")
-        dice_classes = list(range(1, n_classes)) if dice_classes is None else list(dice_classes)
-        bad = [c for c in dice_classes if not 0 <= c < n_classes]
-        if bad or not dice_classes:
-            raise ValueError(f"dice_classes {dice_classes} must be labels in [0, {n_classes})")
         self.n_classes = n_classes
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
-        self.dice_classes = dice_classes
-        self.smooth = smooth
         self.register_buffer("class_weights", weights.float())
+        self.dice = DiceLoss(
+            include_background=include_background,
+            to_onehot_y=True,
+            softmax=True,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            batch=False,
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss for logits ``[B, n_classes, H, W]`` and integer labels ``[B, H, W]``."""
@@ -178,7 +182,4 @@ class DiceCrossEntropyLoss(nn.Module):
         logits = logits.float()
         target = target.long()
         ce = F.cross_entropy(logits, target, weight=self.class_weights)
-        probability = logits.softmax(dim=1)[:, self.dice_classes]
-        one_hot = F.one_hot(target, self.n_classes).permute(0, 3, 1, 2).float()
-        dice = soft_dice_per_image(probability, one_hot[:, self.dice_classes], self.smooth)
-        return self.ce_weight * ce + self.dice_weight * (1 - dice.mean())
+        return self.ce_weight * ce + self.dice_weight * self.dice(logits, target[:, None])

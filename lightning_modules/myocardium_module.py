@@ -8,7 +8,12 @@ Metric: the Dice similarity coefficient (DSC) of each image, prediction = argmax
 myocardium label 1, no post-processing (the mapping pipeline's largest-object step and shape QC
 come later, in ``quantification``). Logged per stage: ``<stage>/dsc`` (mean over images),
 ``<stage>/dsc_sd`` (SD over images), ``<stage>/n_images``; an image where both reference and
-prediction are empty scores 1.
+prediction are empty scores 1. Boundary distances of the same masks
+(``lightning_modules.boundary_metrics``, MONAI's HD95 and ASSD): ``<stage>/myo_hd95_px``,
+``myo_assd_px`` (pixels of the 256×256 network grid; mean over the images where both masks
+exist, ``_sd`` beside), ``myo_hd95_mm`` / ``myo_assd_mm`` as well when every image's pixel size
+is known (the batch's ``pixel_spacing_mm``, from the slice attr), and the counts
+``myo_n_empty`` (empty predictions) and ``myo_n_spurious``.
 
 Transfer learning (``lightning_modules.transfer``) calls :meth:`set_transfer` to register the
 pretrained parameters (their own learning rate) and the frozen levels (their BatchNorm stays in
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
+from lightning_modules.boundary_metrics import BoundaryMetric
 from lightning_modules.segmentation_task import SegmentationTask, dice_per_case, mean_and_sd
 from lightning_modules.transfer import parameter_groups
 
@@ -61,6 +67,7 @@ class MyocardiumSegmentationModule(SegmentationTask):
         self.pretrained_lr: float | None = None
         self.frozen_modules: list[str] = []
         self.stage_dsc = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
+        self.stage_boundary = nn.ModuleDict({stage: BoundaryMetric() for stage in ("val", "test")})
 
     def set_transfer(
         self,
@@ -96,9 +103,16 @@ class MyocardiumSegmentationModule(SegmentationTask):
         """Label map ``[B, H, W]`` (argmax over classes)."""
         return logits.argmax(dim=1)
 
-    def update_metrics(self, logits: torch.Tensor, mask: torch.Tensor, stage: str) -> None:
-        predicted = self.predict_mask(logits)
-        self.stage_dsc[stage].update(dice_per_case(predicted == MYOCARDIUM, mask == MYOCARDIUM))
+    def update_metrics(
+        self,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        stage: str,
+        pixel_spacing_mm: torch.Tensor | None = None,
+    ) -> None:
+        predicted = self.predict_mask(logits) == MYOCARDIUM
+        self.stage_dsc[stage].update(dice_per_case(predicted, mask == MYOCARDIUM))
+        self.stage_boundary[stage].update(predicted, mask == MYOCARDIUM, pixel_spacing_mm)
 
     def log_metrics(self, stage: str) -> None:
         metric = self.stage_dsc[stage]
@@ -108,6 +122,10 @@ class MyocardiumSegmentationModule(SegmentationTask):
         self.log(f"{stage}/dsc_sd", dsc_sd)
         self.log(f"{stage}/n_images", torch.tensor(float(dsc.numel())))
         metric.reset()
+        boundary = self.stage_boundary[stage]
+        for name, value in boundary.compute().items():
+            self.log(f"{stage}/myo_{name}", value)
+        boundary.reset()
 
     def optimizer_parameters(self) -> list[dict]:
         """Parameter groups: pretrained ones at ``pretrained_lr`` when it is set."""

@@ -3,7 +3,11 @@
 Validation and test metrics are per case, computed after the post-processing the inline runtime
 uses (``quantification.lv_mask``: threshold rule of SPEC A6, then the largest LV component):
 LV Dice mean ± SD, detection rate (LV Dice > 0.5), share with LV Dice > 0.75, and RV Dice for
-3CS. Per-case values are gathered with ``torchmetrics.CatMetric`` so they reduce across processes.
+3CS; boundary distances of the LV (and RV) masks (``lightning_modules.boundary_metrics``, MONAI):
+``<stage>/lv_hd95_px``, ``lv_assd_px`` (mean over the cases where both masks exist, ``_sd``
+beside), ``lv_n_empty`` (empty predictions) and ``lv_n_spurious``, in pixels of the network
+input (the AIF contract carries no pixel size; the crop keeps the native pixels). Per-case
+values are gathered with ``torchmetrics`` states so they reduce across processes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
+from lightning_modules.boundary_metrics import BoundaryMetric
 from lightning_modules.segmentation_task import SegmentationTask, dice_per_case, mean_and_sd
 from quantification.lv_mask import LABEL_LV as LV
 from quantification.lv_mask import LABEL_RV as RV
@@ -54,7 +59,14 @@ class SegmentationModule(SegmentationTask):
         self.n_classes = n_classes
         self.stage_metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({"lv_dice": CatMetric(), "rv_dice": CatMetric()})
+                stage: nn.ModuleDict(
+                    {
+                        "lv_dice": CatMetric(),
+                        "rv_dice": CatMetric(),
+                        "lv": BoundaryMetric(),
+                        "rv": BoundaryMetric(),
+                    }
+                )
                 for stage in ("val", "test")
             }
         )
@@ -64,14 +76,22 @@ class SegmentationModule(SegmentationTask):
         logits = logits.float()
         return torch.sigmoid(logits) if self.n_classes == 2 else logits.softmax(dim=1)
 
-    def update_metrics(self, logits: torch.Tensor, mask: torch.Tensor, stage: str) -> None:
+    def update_metrics(
+        self,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        stage: str,
+        pixel_spacing_mm: torch.Tensor | None = None,
+    ) -> None:
         probability = self.probabilities(logits).cpu().numpy()
         labels = np.stack([masks_from_probabilities(p, self.n_classes) for p in probability])
         labels = torch.from_numpy(labels).to(mask.device)
         metrics = self.stage_metrics[stage]
         metrics["lv_dice"].update(dice_per_case(labels == LV, mask == LV))
+        metrics["lv"].update(labels == LV, mask == LV)
         if self.n_classes == 3:
             metrics["rv_dice"].update(dice_per_case(labels == RV, mask == RV))
+            metrics["rv"].update(labels == RV, mask == RV)
 
     def log_metrics(self, stage: str) -> None:
         metrics = self.stage_metrics[stage]
@@ -86,6 +106,9 @@ class SegmentationModule(SegmentationTask):
         }
         if self.n_classes == 3:
             summary["rv_dice"] = metrics["rv_dice"].compute().mean()
+        for structure in ("lv", "rv") if self.n_classes == 3 else ("lv",):
+            boundary = metrics[structure].compute()
+            summary |= {f"{structure}_{name}": value for name, value in boundary.items()}
         prog = {"lv_dice", "detection_rate"}
         for name, value in summary.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in prog, sync_dist=False)

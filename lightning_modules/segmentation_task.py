@@ -69,8 +69,17 @@ class SegmentationTask(pl.LightningModule):
         """Logits ``[B, C_out, H, W]`` for images ``[B, C, H, W]``."""
         return self.net(image)
 
-    def update_metrics(self, logits: torch.Tensor, mask: torch.Tensor, stage: str) -> None:
-        """Accumulate the per-case metrics of one batch of ``stage`` ("val" or "test")."""
+    def update_metrics(
+        self,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        stage: str,
+        pixel_spacing_mm: torch.Tensor | None = None,
+    ) -> None:
+        """Accumulate the per-case metrics of one batch of ``stage`` ("val" or "test").
+
+        ``pixel_spacing_mm``: the batch's ``pixel_spacing_mm`` [B, 2] (row, column spacing of
+        the network's input grid, NaN where unknown) when the datamodule provides it."""
         raise NotImplementedError
 
     def log_metrics(self, stage: str) -> None:
@@ -89,7 +98,7 @@ class SegmentationTask(pl.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(batch["image"])
         self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=len(logits))
-        self.update_metrics(logits, batch["mask"], stage)
+        self.update_metrics(logits, batch["mask"], stage, batch.get("pixel_spacing_mm"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")

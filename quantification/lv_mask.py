@@ -4,6 +4,15 @@ Connectivity: every connected-component operation here uses **8-connectivity** (
 by an edge or a corner belong to the same component), through ``STRUCTURE_8``. The authors' code
 [C] calls ``scipy.ndimage.label`` with its default 4-connectivity; for compact blood-pool blobs the
 two agree except where blobs touch only diagonally, which 8-connectivity counts as one blob.
+
+Why this is ours and not MONAI's post-transforms (``KeepLargestConnectedComponent``): the module
+runs on the scanner side, which must not import MONAI (nor scikit-image, which MONAI's transform
+needs), and it serves training and runtime alike so the two cannot disagree; SPEC A6's adaptive
+threshold rule (raise ``t`` until one blob) has no MONAI counterpart. Measured on 500 seeded 64×48
+blob masks (``benchmarks/monai_equivalence.py``, 2 threads of an AMD EPYC Zen 3): MONAI's
+transform with 8-connectivity keeps the same component in 492 of 500; the 8 others are ties of
+two equally large blobs, where ours keeps the first in raster order as documented below. Ours
+takes 0.08 ms per mask, MONAI's 1.1 ms.
 """
 
 from __future__ import annotations

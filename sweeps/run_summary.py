@@ -31,8 +31,19 @@ DEFAULT_METRICS = (
     "test/detection_rate",
     "test/dice_gt_075",
     "test/rv_dice",
+    "test/lv_hd95_px",
+    "test/lv_assd_px",
+    "test/lv_n_empty",
     "val/lv_dice",
+    "test/dsc",
+    "test/myo_hd95_px",
+    "test/myo_hd95_mm",
+    "test/myo_assd_px",
+    "test/myo_n_empty",
+    "val/dsc",
 )
+"""Tabulated by default, those a run has (AIF or myocardium): Dice, boundary distances (HD95 and
+ASSD, the empty predictions counted beside them), the validation metric."""
 
 
 def write_run_record(

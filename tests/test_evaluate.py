@@ -118,6 +118,12 @@ def test_report_compares_3cs_2cs_and_legacy_on_the_same_cases(trained, data_dir,
     for row in ("| resunet3cs |", "| resunet2cs |", "| legacy |", "| *paper resunet3cs* |"):
         assert row in report
     assert "## AIF curves: legacy vs reference mask" in report
+    # boundary distances beside Dice: LV for every method, RV for those that label it
+    assert "## Boundary distances (pixels" in report and "| resunet3cs | RV |" in report
+    assert set(metrics["methods"]["resunet2cs"]["boundary"]) == {"unit", "lv"}
+    lv = metrics["methods"]["legacy"]["boundary"]["lv"]
+    assert lv["n_measured"] + lv["n_empty_prediction"] == metrics["n_cases"]
+    assert lv["hd95_mean"] >= lv["assd_mean"] >= 0
     for name in ("detection_examples", "aif_curves", "dice_by_method"):
         png = tmp_path / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -325,6 +331,12 @@ def test_perfect_masks_reproduce_the_reference_and_shifted_ones_do_not(mapping_f
 
     worse = evaluate_mapping_cases(mapping_files, "t2", {"t2": shifted}, max_cases=1)
     assert all((c.dice < 0.95).all() for c in worse)
+    assert metrics["boundary"]["hd95_mean"] == 0 and metrics["boundary"]["unit"] == "px"
+    boundary = mapping_metrics(worse, "t2", {})["boundary"]  # no pixel size in the phantoms
+    assert boundary["unit"] == "px" and boundary["hd95_mean"] == pytest.approx(1.0)
+    assert "| HD95 of the automated masks" in mapping_report_markdown(
+        mapping_metrics(worse, "t2", {}), {}
+    )
     auto, ref = paired_values(worse)["slice"]
     assert len(auto) > 0 and not np.allclose(auto, ref)
 

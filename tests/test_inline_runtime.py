@@ -226,9 +226,11 @@ def test_cli_refuses_a_changed_model_file(artifact_path, phantoms, tmp_path, cap
 BLOCKED_IMPORTS = """
 import importlib.abc, sys
 
+NOT_ON_THE_SCANNER = {"pytorch_lightning", "lightning", "hydra", "omegaconf", "wandb", "monai"}
+
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"pytorch_lightning", "lightning", "hydra", "omegaconf", "wandb"}:
+        if name.split(".")[0] in NOT_ON_THE_SCANNER:
             raise ImportError(f"{name} is not available on the scanner")
 
 sys.meta_path.insert(0, Block())
@@ -242,11 +244,13 @@ case = np.load(sys.argv[2])
 pipeline = AIFPipeline(load_artifact(sys.argv[1]))
 result = pipeline.run(case["series"], case["times_s"], int(case["n_pd_frames"]))
 print(result.mask.shape, round(result.features.peak_s, 1))
-assert not {"pytorch_lightning", "hydra", "wandb", "h5py"} & set(sys.modules)
+assert not {"pytorch_lightning", "hydra", "wandb", "monai", "h5py"} & set(sys.modules)
 """
 
 
-def test_the_runtime_works_without_lightning_hydra_or_wandb(artifact_path, phantoms, tmp_path):
+def test_the_runtime_works_without_lightning_hydra_wandb_or_monai(
+    artifact_path, phantoms, tmp_path
+):
     series, times_s, n_pd = read_case(phantoms, "P0000_stress")
     case = tmp_path / "case.npz"
     np.savez(case, series=series, times_s=times_s, n_pd_frames=n_pd)

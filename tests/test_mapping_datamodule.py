@@ -56,7 +56,8 @@ def test_each_config_yields_batches_of_images_and_myocardium_masks(modality, dat
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         batch = next(iter(loader))
         assert set(batch) == {
-            "image", "mask", "case_id", "slice_id", "image_index", "time_ms", "native_shape"
+            "image", "mask", "case_id", "slice_id", "image_index", "time_ms", "native_shape",
+            "pixel_spacing_mm",
         }  # fmt: skip
         assert batch["image"].shape == (4, 1, 256, 256) and batch["image"].dtype == torch.float32
         assert batch["mask"].shape == (4, 256, 256) and batch["mask"].dtype == torch.int64

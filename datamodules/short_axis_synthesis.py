@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.loaders import SplitDataModule
+from datamodules.mapping_datamodule import network_preprocessing
 from datamodules.mapping_transforms import (
     AcquisitionArtefacts,
     ArtefactSettings,
@@ -191,18 +192,8 @@ class ShortAxisSynthesisDataModule(SplitDataModule):
         """The image -> network-input recipe for the exported artifact (as
         ``MappingDataModule.preprocessing``: per-image percentile scaling, bicubic resize)."""
         hp = self.hparams
-        low, high = (float(p) for p in hp.intensity_percentiles)
-        return {
-            "size": [int(hp.image_size), int(hp.image_size)],
-            "interpolation": "bicubic",
-            "mask_interpolation": "nearest-exact",
-            "normalisation": "percentile",
-            "percentiles": [low, high],
-            "clip": bool(hp.intensity_clip),
-            "keep_aspect": False,
-            "order": "normalise native image, resize",
-            "implementation": "quantification.image_resize",
-        }
+        return network_preprocessing(hp.image_size, hp.intensity_percentiles, hp.intensity_clip,
+                                     keep_aspect=False)  # fmt: skip
 
     def _pools(self) -> dict[str, tuple[Path, int, int]]:
         hp = self.hparams

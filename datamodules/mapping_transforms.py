@@ -158,7 +158,7 @@ class ArtefactSettings:
     ghosting_p: float = 0.2
     ghost_amplitude: tuple[float, float] = (0.02, 0.15)
     ghost_period: tuple[int, int] = (2, 4)
-    snr: tuple[float, float] = (5.0, 100.0)
+    snr: tuple[float, float] = (6.0, 100.0)
     bias_field_p: float = 0.8
     bias_field_coeff: float = 0.5
     gamma_p: float = 0.5

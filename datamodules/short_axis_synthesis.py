@@ -7,9 +7,10 @@ label map of the pool, moved by a random warp (mirroring, rotation, zoom, transl
 field: :class:`datamodules.mapping_transforms.RandomTranslateFlipElastic` on the labels), given
 tissue intensities (random per tissue, or a physical native T1 / post-contrast T1 / T2-prep image:
 :mod:`datamodules.synthetic.tissue_contrast`), then degraded by a scanner's artefacts
-(:class:`datamodules.mapping_transforms.AcquisitionArtefacts`), scaled like every network input
-(:func:`quantification.image_resize.normalize_intensity`) and optionally cropped to a square
-patch (``crop_size``; cheaper steps; the network is fully convolutional and is validated and
+(:class:`datamodules.mapping_transforms.AcquisitionArtefacts`) and scaled like every network
+input (:func:`quantification.image_resize.normalize_intensity`). Training draws are square
+patches (``crop_size``, cut from the warped label map before the image is rendered, so both the
+synthesis and the step are cheaper; the network is fully convolutional and is validated and
 exported on the whole 256 x 256 grid). Validation and test images come from label pools of other
 seeds and are seeded per index, so they are the same in every run.
 
@@ -90,14 +91,15 @@ class SyntheticShortAxisDataset(Dataset):
     def __len__(self) -> int:
         return self.n_items
 
-    def _crop(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator):
-        size, side = self.crop_size, image.shape[-1]
+    def _crop(self, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """A random ``crop_size`` square of a label map [S, S] (the whole map without crop)."""
+        size, side = self.crop_size, labels.shape[-1]
         if size is None or size >= side:
-            return image, mask
-        rows, cols = torch.nonzero(mask, as_tuple=True)
+            return labels
+        rows, cols = torch.nonzero(labels == MYOCARDIUM, as_tuple=True)
         if rows.numel() and rng.random() < self.crop_lv_p:
-            centre = (rows.float().mean().item(), cols.float().mean().item())
             # the LV centre lands in the middle 70 % of the patch
+            centre = (rows.float().mean().item(), cols.float().mean().item())
             low = [int(np.clip(c - 0.85 * size, 0, side - size)) for c in centre]
             high = [int(np.clip(c - 0.15 * size, 0, side - size)) for c in centre]
             top, left = (
@@ -105,8 +107,7 @@ class SyntheticShortAxisDataset(Dataset):
             )
         else:
             top, left = (int(rng.integers(0, side - size + 1)) for _ in range(2))
-        window = (slice(top, top + size), slice(left, left + size))
-        return image[(slice(None), *window)], mask[window]
+        return labels[top : top + size, left : left + size]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.seed is None:
@@ -119,12 +120,12 @@ class SyntheticShortAxisDataset(Dataset):
         labels = torch.from_numpy(self.labels[map_index].astype(np.int64))
         if self.warp is not None:
             labels = self.warp.warp_labels(labels)
+        if self.seed is None:  # training: the patch is drawn before the image (cheaper)
+            labels = self._crop(labels, rng)
         clean, myo_level, kind = tissue_image(labels.numpy().astype(np.uint8), rng, self.contrast)
         image = self.artefacts(clean, myo_level, rng)
         image = normalize_intensity(image, *self.percentiles, clip=self.clip)[None]
         mask = (labels == MYOCARDIUM).long()
-        if self.seed is None:
-            image, mask = self._crop(image, mask, rng)
         return {
             "image": image.contiguous(),
             "mask": mask.contiguous(),
@@ -170,7 +171,7 @@ class ShortAxisSynthesisDataModule(SplitDataModule):
         num_workers: int = 0,
         image_size: int = NETWORK_SIZE,
         crop_size: int | None = None,
-        crop_lv_p: float = 0.9,
+        crop_lv_p: float = 0.7,
         intensity_percentiles: tuple[float, float] | list[float] = (1.0, 99.0),
         intensity_clip: bool = True,
         anatomy: dict | None = None,

@@ -51,12 +51,12 @@ from datamodules.synthetic.mapping_phantom import (
 from quantification.relaxometry import t1_signal, t2_signal
 
 N_LABELS = len(sa.LABEL_NAMES)
-# tissues of one kind: with probability group_p they share one random mean
+# tissues of one kind: with probability group_p they share one random mean (as in any real
+# contrast: the myocardium looks like the other muscles, the blood pools like each other)
 GROUPS = (
     (sa.LV_BLOOD, sa.RV_BLOOD, sa.AORTA, sa.LUNG_VESSEL),
-    (sa.MYOCARDIUM, sa.RV_MYOCARDIUM, sa.PAPILLARY),
+    (sa.MYOCARDIUM, sa.RV_MYOCARDIUM, sa.PAPILLARY, sa.MUSCLE, sa.DIAPHRAGM),
     (sa.EPICARDIAL_FAT, sa.SUBCUTANEOUS_FAT),
-    (sa.MUSCLE, sa.DIAPHRAGM),
 )
 
 
@@ -132,10 +132,10 @@ class ContrastSettings:
             pixels) rather than white.
     """
 
-    physical_p: float = 0.3
+    physical_p: float = 0.4
     readouts: tuple[str, ...] = ("t1_native", "post_contrast", "t2")
     property_jitter: float = 0.1
-    group_p: float = 0.7
+    group_p: float = 0.8
     min_myo_blood_contrast: float = 0.1
     texture_sd: tuple[float, float] = (0.0, 0.08)
     texture_smooth_p: float = 0.5

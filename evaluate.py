@@ -229,6 +229,47 @@ def _evaluate_ood(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def _evaluate_myocardium_ood(cfg: DictConfig, out_dir: Path) -> dict:
+    """task=myocardium_ood: every artifact of ``myocardium_ood.artifacts`` on every family and
+    file (``evaluation.myocardium_ood``), one report row each."""
+    from evaluation.myocardium_ood import MAPPING_PREFIX, evaluate_file, family_file, write_report
+    from exports.mapping_pipeline import MYOCARDIUM_TASK, MyocardiumSegmenter
+    from formats.artifact import load_artifact
+
+    start = time.perf_counter()
+    spec = cfg.myocardium_ood
+    mapping = [
+        f.removeprefix(MAPPING_PREFIX) for f in spec.families if f.startswith(MAPPING_PREFIX)
+    ]
+    mapping_paths = _mapping_paths(cfg, tuple(mapping)) if mapping else {}
+    files = {
+        f: mapping_paths[f.removeprefix(MAPPING_PREFIX)]
+        if f.startswith(MAPPING_PREFIX)
+        else family_file(cfg.paths.data_dir, f, int(spec.n_slices), int(spec.seed))
+        for f in spec.families
+    } | {Path(file).name: Path(file) for file in spec.files or []}
+    results = {}
+    for artifact in spec.artifacts:
+        segmenter = MyocardiumSegmenter(load_artifact(artifact, expected_task=MYOCARDIUM_TASK))
+        results[Path(artifact).name] = by_family = {}
+        for family, path in files.items():
+            by_family[family] = evaluate_file(path, segmenter.probabilities, spec.max_images)
+            log.info("%s / %s: %d images", Path(artifact).name, family, len(by_family[family]))
+    context = {
+        "artifacts": [str(a) for a in spec.artifacts],
+        "files": {family: str(path) for family, path in files.items()},
+        "elapsed_s": time.perf_counter() - start,
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    metrics, report = write_report(results, context, out_dir)
+    for artifact, families in metrics["families"].items():
+        for family, s in families.items():
+            log.info("%s / %s: DSC median %.3f, HD95 median %.1f px, QC pass %.1f %%", artifact,
+                     family, s["dsc_median"], s["hd95_px_median"], 100 * s["qc_pass"])  # fmt: skip
+    log.info("Report: %s (%.1f s)", report["report"], time.perf_counter() - start)
+    return metrics
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Run the configured evaluation; returns the metrics written to ``metrics.json``."""
     torch.set_num_threads(int(cfg.threads))
@@ -237,8 +278,10 @@ def evaluate(cfg: DictConfig) -> dict:
         return _evaluate_mapping(cfg, out_dir)
     if cfg.task == "aif_ood":
         return _evaluate_ood(cfg, out_dir)
+    if cfg.task == "myocardium_ood":
+        return _evaluate_myocardium_ood(cfg, out_dir)
     if cfg.task != "aif":
-        raise ValueError(f"task={cfg.task!r}: expected aif, aif_ood or mapping")
+        raise ValueError(f"task={cfg.task!r}: expected aif, aif_ood, mapping or myocardium_ood")
     if cfg.get("evaluation") and cfg.evaluation.get("exp") is not None:
         raise ValueError(
             f"experiment=exp{cfg.evaluation.exp} is a mapping preset: add task=mapping"

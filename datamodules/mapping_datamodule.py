@@ -45,6 +45,26 @@ from quantification.image_resize import (
 log = logging.getLogger(__name__)
 
 
+def network_preprocessing(
+    image_size: int, percentiles, clip: bool, keep_aspect: bool
+) -> dict[str, Any]:
+    """The artifact metadata's ``preprocessing`` of a myocardium network (what
+    ``exports.mapping_pipeline.MyocardiumSegmenter`` applies): per-image percentile scaling,
+    optional zero padding to a square, bicubic resize to ``image_size``."""
+    low, high = (float(p) for p in percentiles)
+    return {
+        "size": [int(image_size), int(image_size)],
+        "interpolation": "bicubic",
+        "mask_interpolation": "nearest-exact",
+        "normalisation": "percentile",
+        "percentiles": [low, high],
+        "clip": bool(clip),
+        "keep_aspect": bool(keep_aspect),
+        "order": "normalise native image, zero pad to square (keep_aspect), resize",
+        "implementation": "quantification.image_resize",
+    }
+
+
 class MappingImageDataset(LazyHDF5Dataset):
     """Weighted images of a mapping file as network samples, one image per item.
 
@@ -212,18 +232,9 @@ class MappingDataModule(SplitDataModule):
         padding to a centred square when ``keep_aspect`` (else stretch), bicubic resize; by
         :mod:`quantification.image_resize`, which the runtime should call to match training."""
         hp = self.hparams
-        low, high = (float(p) for p in hp.intensity_percentiles)
-        return {
-            "size": [int(hp.image_size), int(hp.image_size)],
-            "interpolation": "bicubic",
-            "mask_interpolation": "nearest-exact",
-            "normalisation": "percentile",
-            "percentiles": [low, high],
-            "clip": bool(hp.intensity_clip),
-            "keep_aspect": bool(hp.keep_aspect),
-            "order": "normalise native image, zero pad to square (keep_aspect), resize",
-            "implementation": "quantification.image_resize",
-        }
+        return network_preprocessing(
+            hp.image_size, hp.intensity_percentiles, hp.intensity_clip, hp.keep_aspect
+        )
 
     @property
     def file(self) -> Path:

@@ -61,13 +61,18 @@ def tiny_config(tmp_path: Path, data_dir: Path):
 # A U-Net of ~7.5 k parameters on a 4-patient mapping phantom set: a myocardium run in seconds.
 TINY_MYOCARDIUM = [
     "model.net.filters=[4,8,16]",
-    "data.n_patients=4",
     "data.batch_size=4",
-    "data.val_fraction=0.25",
-    "data.test_fraction=0.25",
     "logger=none",
     "callbacks.progress.rich_on_tty=false",
     "trainer.enable_model_summary=false",
+]
+TINY_MAPPING_DATA = ["data.n_patients=4", "data.val_fraction=0.25", "data.test_fraction=0.25"]
+TINY_SYNTHESIS_DATA = [  # experiment=t1_native_pretrain (data=short_axis_synthesis)
+    "data.pool_size=8",
+    "data.val_images=4",
+    "data.test_images=4",
+    "data.samples_per_epoch=8",
+    "data.crop_size=96",
 ]
 
 
@@ -78,8 +83,10 @@ def tiny_myocardium_config(tmp_path: Path, data_dir: Path):
 
     def make(overrides: list[str] = (), run: str = "run") -> DictConfig:
         paths = [f"paths.data_dir={data_dir}", f"paths.artifacts_dir={tmp_path / 'artifacts'}"]
+        synthesis = "experiment=t1_native_pretrain" in overrides
+        data = TINY_SYNTHESIS_DATA if synthesis else TINY_MAPPING_DATA
         return compose_train_config(
-            [*TINY_MYOCARDIUM, *paths, *overrides], output_dir=tmp_path / run
+            [*TINY_MYOCARDIUM, *data, *paths, *overrides], output_dir=tmp_path / run
         )
 
     return make

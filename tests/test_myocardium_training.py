@@ -14,7 +14,7 @@ from tests.test_configs import resolve
 from train import train
 
 TRAINING = {  # preset -> (modality, network name, artifact file, fine-tuned)
-    "t1_native_pretrain": ("t1_native", "N0", "myo_unet_n0.ts", False),
+    "t1_native_pretrain": (None, "N0", "myo_unet_n0.ts", False),  # synthetic, any contrast
     "t2_finetune": ("t2", "FT-T2", "myo_unet_ft_t2.ts", True),
     "t2_scratch": ("t2", "SC-T2", "myo_unet_sc_t2.ts", False),
     "post_finetune": ("post_contrast", "FT-post", "myo_unet_ft_post.ts", True),
@@ -34,7 +34,10 @@ EVALUATION = {  # SPEC B3: experiment -> (quantity, network)
 def test_training_presets_compose_and_pair_network_and_data(preset, tmp_path):
     cfg = resolve(compose_train_config([f"experiment={preset}"], output_dir=tmp_path))
     modality, network, artifact, finetuned = TRAINING[preset]
-    assert cfg["data"]["modality"] == modality
+    if modality is None:  # N0: contrast-agnostic synthetic short-axis images (issue 20)
+        assert cfg["data"]["_target_"].endswith("ShortAxisSynthesisDataModule")
+    else:
+        assert cfg["data"]["modality"] == modality
     assert cfg["export"]["model_name"] == network
     assert cfg["export"]["artifact_path"].endswith(f"artifacts/{artifact}")
     assert cfg["export"]["task"] == "myocardium_segmentation"

@@ -56,7 +56,7 @@ def _aif_cases(cfg: DictConfig) -> tuple[Path, list[str], dict[str, str]]:
 
 
 def _predictors(cfg: DictConfig) -> list:
-    from evaluation.predictors import artifact_predictor, checkpoint_predictor
+    from evaluation.predictors import artifact_predictor, checkpoint_predictor, with_tta
     from quantification.aif_preprocessing import AIFPreprocessing
 
     predictors = []
@@ -69,6 +69,8 @@ def _predictors(cfg: DictConfig) -> list:
         predictors.append(checkpoint_predictor(module, cfg.ckpt_path, params, name))
     elif cfg.get("artifact"):
         predictors.append(artifact_predictor(cfg.artifact))
+    if cfg.get("tta") and predictors:
+        predictors.append(with_tta(predictors[0]))
     for path in cfg.get("compare") or []:
         predictor = artifact_predictor(path)
         if predictor.name in {p.name for p in predictors}:

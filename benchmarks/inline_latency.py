@@ -11,6 +11,8 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
   ``exports.load_artifact`` (sha256 verified) and run by ``Artifact.probabilities``;
 * ``torchscript+profiling``: the same file run with TorchScript's default graph executor
   (profiling runs, then JIT passes; the runtime switches that off: slower first calls only);
+* ``torchscript+tta``: the same file with the runtime's flip test-time augmentation (``--tta``:
+  the series and its three flips in one call of batch 4, probabilities averaged);
 * ``torchscript+bnfold``: the same, with batch norm folded into the convs while freezing;
 * ``torchscript+channels_last``: frozen from a channels_last copy of the network;
 * ``torchscript+bf16``: exported with ``precision="bf16"`` (bfloat16 weights and activations;
@@ -108,6 +110,9 @@ def measure(variant: str, model_file: Path, threads: int, runs: int, out: Path) 
     """Run one variant in a fresh process; returns its timings (ms) and writes its output."""
     emulated = variant.endswith("+bf16") and not host_cpu().native_bf16
     imports, load = VARIANTS["emulated" if emulated else variant.split("+")[0]]
+    if variant.endswith("+tta"):  # the runtime's --tta: the series and its 3 flips, one call
+        load += "\nfrom exports.aif_pipeline import flip_averaged_probabilities"
+        load += "\nrun = lambda x: flip_averaged_probabilities(model.probabilities, x)"
     if variant.endswith("+profiling"):  # TorchScript's default: profiling runs, then JIT passes
         load += "\ndef run(x):\n    with torch.inference_mode():\n"
         load += "        return model.module(torch.from_numpy(x)).numpy()"
@@ -156,6 +161,7 @@ def prepare(workdir: Path, checkpoint: Path | None, bf16: bool) -> dict[str, Pat
     files["torchscript"] = workdir / "model.ts"
     export_artifact(net, 3, batch, files["torchscript"], meta)
     files["torchscript+profiling"] = files["torchscript"]
+    files["torchscript+tta"] = files["torchscript"]
     if _has_onnx():  # its own parity is printed below: random weights exaggerate rounding
         export_artifact(
             net, 3, batch, workdir / "onnx" / "model.ts", meta, onnx=True, atol=1, onnx_atol=1

@@ -9,7 +9,7 @@ percentile of ``--runs`` inferences of one input of the artifact's own shape ([1
 an AIF series, [1, 1, 256, 256] for a myocardium image) after 5 warm-up calls. The table gives
 the model name, its parameter count and the test metrics stored in the artifact beside the
 timings, with the CPU named first. E.g. after ``python train.py -m experiment=aif_net_compare``:
-``python benchmarks/network_latency.py artifacts/aif_*3cs.ts``.
+``python benchmarks/network_latency.py <sweep dir>/*/export/aif_*3cs.ts``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from exports.aif_pipeline import aif_preprocessing_of
+from exports.aif_pipeline import aif_preprocessing_of, flip_averaged_probabilities
 from formats.artifact import load_artifact
 from quantification.aif_preprocessing import AIFPreprocessing
 
@@ -56,6 +56,32 @@ def artifact_predictor(path: str | os.PathLike, name: str | None = None) -> Arti
         n_classes=artifact.n_classes,
         preprocessing=aif_preprocessing_of(artifact),
         artifact=artifact,
+    )
+
+
+@dataclass(frozen=True)
+class FlipAveragedPredictor:
+    """Another predictor with the runtime's test-time augmentation (``AIFPipeline(tta=True)``,
+    ``--tta``): probabilities averaged over the series and its flips."""
+
+    name: str
+    source: str
+    n_classes: int
+    preprocessing: AIFPreprocessing
+    inner: AIFPredictor
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return flip_averaged_probabilities(self.inner.probabilities, images)
+
+
+def with_tta(predictor: AIFPredictor) -> FlipAveragedPredictor:
+    """``predictor`` with flip test-time augmentation, named ``<name>+tta``."""
+    return FlipAveragedPredictor(
+        name=f"{predictor.name}+tta",
+        source=predictor.source,
+        n_classes=predictor.n_classes,
+        preprocessing=predictor.preprocessing,
+        inner=predictor,
     )
 
 

@@ -33,7 +33,7 @@ Imports torch, NumPy and SciPy only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +65,8 @@ __all__ = [
     "AIFPipeline",
     "AIFResult",
     "CaseFailure",
+    "FLIPS",
+    "flip_averaged_probabilities",
     "validate_aif_input",
 ]
 
@@ -189,6 +191,29 @@ def aif_preprocessing_of(artifact: Artifact) -> AIFPreprocessing:
     return AIFPreprocessing(**metadata["preprocessing"])
 
 
+FLIPS = ((), (-2,), (-1,), (-2, -1))
+"""Test-time augmentation: the series as it is and flipped along RO, E1 and both."""
+
+
+def flip_averaged_probabilities(
+    probabilities: Callable[[np.ndarray], np.ndarray], images: np.ndarray
+) -> np.ndarray:
+    """Flip test-time augmentation: the mean of ``probabilities`` over the preprocessed series
+    float32 [B, n_frames, ro, e1] and its :data:`FLIPS`, each output flipped back; float32
+    [B, C, ro, e1]. One network call of 4B series.
+
+    Example:
+        >>> identity = lambda x: x[:, :1] / (1 + x[:, :1])
+        >>> images = np.random.default_rng(0).random((2, 3, 4, 5), dtype=np.float32)
+        >>> bool(np.allclose(flip_averaged_probabilities(identity, images), identity(images)))
+        True
+    """
+    batch = np.concatenate([np.flip(images, axes) if axes else images for axes in FLIPS])
+    out = np.split(probabilities(np.ascontiguousarray(batch)), len(FLIPS))
+    back = [np.flip(p, axes) if axes else p for p, axes in zip(out, FLIPS, strict=True)]
+    return np.mean(back, axis=0).astype(np.float32)
+
+
 class AIFPipeline:
     """The AIF pipeline around one resident artifact; call :meth:`run` once per series.
 
@@ -216,11 +241,7 @@ class AIFPipeline:
         ``tta`` the mean over the series and its flips (each flipped back)."""
         if not self.tta:
             return self.artifact.probabilities(image)
-        flips = ((), (-2,), (-1,), (-2, -1))
-        batch = np.stack([np.flip(image, axes) if axes else image for axes in flips])
-        out = self.artifact.probabilities(np.ascontiguousarray(batch))
-        back = [np.flip(p, axes) if axes else p for p, axes in zip(out, flips, strict=True)]
-        return np.mean(back, axis=0).astype(np.float32)
+        return flip_averaged_probabilities(self.artifact.probabilities, image[None])[0]
 
     def _no_lv(self, series: np.ndarray, times_s: np.ndarray, n_pd: int) -> tuple[np.ndarray, str]:
         """The legacy detector's mask (with the reason the model failed), or raise with it."""

@@ -130,6 +130,21 @@ def test_report_compares_3cs_2cs_and_legacy_on_the_same_cases(trained, data_dir,
         assert f"figures/{name}.png" in report
 
 
+def test_tta_adds_the_flip_averaged_model_as_a_column(trained, data_dir, tmp_path):
+    overrides = [f"artifact={trained['3cs']}", "tta=true", "legacy.enabled=false", "max_cases=4"]
+    metrics = evaluate(evaluate_config(tmp_path, data_dir, overrides))
+    assert list(metrics["methods"]) == ["resunet3cs", "resunet3cs+tta"]
+    assert metrics["n_cases"] == 4
+
+    from evaluation.predictors import artifact_predictor, with_tta
+    from exports.aif_pipeline import AIFPipeline
+
+    plain = artifact_predictor(trained["3cs"])
+    image = np.random.default_rng(0).random((1, 64, 64, 48), dtype=np.float32)
+    runtime = AIFPipeline(plain.artifact, tta=True).probabilities(image[0])
+    np.testing.assert_allclose(with_tta(plain).probabilities(image)[0], runtime, atol=1e-6)
+
+
 def test_the_checkpoint_scores_exactly_like_its_exported_artifact(trained, data_dir, tmp_path):
     from_artifact = evaluate(
         evaluate_config(

@@ -10,6 +10,7 @@ logits to :meth:`SegmentationTask.update_metrics` and, at the end of the epoch, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,8 +122,10 @@ class SegmentationTask(pl.LightningModule):
             return {"optimizer": optimizer}
         per_step = getattr(self.scheduler_factory, "func", None) is OneCycleLR
         if per_step:
-            total = int(self.trainer.estimated_stepping_batches)
-            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(total, 1))
+            # OneCycleLR needs more than 1 / pct_start steps (else its warm-up phase is empty)
+            pct_start = self.scheduler_factory.keywords.get("pct_start", 0.3)
+            total = max(int(self.trainer.estimated_stepping_batches), math.ceil(2 / pct_start))
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
         else:
             scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
@@ -133,3 +136,18 @@ class SegmentationTask(pl.LightningModule):
                 "interval": "step" if per_step else "epoch",
             },
         }
+
+    def on_train_start(self) -> None:
+        """A run resumed with more steps than its one-cycle schedule was built for (e.g. a larger
+        ``trainer.max_epochs`` with ``ckpt_path``) is refused: the restored schedule has ended."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            needed = int(self.trainer.estimated_stepping_batches)
+            if isinstance(scheduler, OneCycleLR) and scheduler.total_steps < needed:
+                raise ValueError(
+                    f"ckpt_path: the checkpoint's one-cycle schedule covers "
+                    f"{scheduler.total_steps} steps, this run needs {needed} (more epochs or "
+                    f"batches than the run was started with); resume with the same "
+                    f"trainer.max_epochs, or start a new run from its weights "
+                    f"(finetune.pretrained=<ckpt>) or with model/scheduler=step"
+                )

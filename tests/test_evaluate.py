@@ -131,10 +131,10 @@ def test_report_compares_3cs_2cs_and_legacy_on_the_same_cases(trained, data_dir,
 
 
 def test_tta_adds_the_flip_averaged_model_as_a_column(trained, data_dir, tmp_path):
-    overrides = [f"artifact={trained['3cs']}", "tta=true", "legacy.enabled=false", "max_cases=4"]
+    overrides = [f"artifact={trained['3cs']}", "tta=true", "legacy.enabled=false"]
     metrics = evaluate(evaluate_config(tmp_path, data_dir, overrides))
     assert list(metrics["methods"]) == ["resunet3cs", "resunet3cs+tta"]
-    assert metrics["n_cases"] == 4
+    assert metrics["n_cases"] == len(metrics["cases"]) > 0
 
     from evaluation.predictors import artifact_predictor, with_tta
     from exports.aif_pipeline import AIFPipeline

@@ -32,7 +32,8 @@ def test_split_is_by_patient_and_written_to_the_run_dir(tiny_config, tmp_path):
 
 
 def test_resuming_from_last_ckpt_continues_the_step_count(tiny_config, tmp_path):
-    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
+    limits = ["model/scheduler=step", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=1", "test=false"]  # fmt: skip
     first = tiny_config([*limits, "trainer.max_epochs=2"])
     train(first)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -42,3 +43,12 @@ def test_resuming_from_last_ckpt_continues_the_step_count(tiny_config, tmp_path)
     train(resumed)
     state = torch.load(last, weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 6
+
+
+def test_a_finished_one_cycle_schedule_cannot_be_extended_by_resuming(tiny_config, tmp_path):
+    limits = ["trainer.limit_train_batches=5", "trainer.limit_val_batches=1", "test=false"]
+    train(tiny_config([*limits, "trainer.max_epochs=2"]))  # the default one-cycle schedule
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    resumed = tiny_config([*limits, "trainer.max_epochs=3", f"ckpt_path={last}"])
+    with pytest.raises(ValueError, match=r"one-cycle schedule covers \d+ steps, this run needs \d+"):
+        train(resumed)

@@ -50,5 +50,5 @@ def test_a_finished_one_cycle_schedule_cannot_be_extended_by_resuming(tiny_confi
     train(tiny_config([*limits, "trainer.max_epochs=2"]))  # the default one-cycle schedule
     last = tmp_path / "checkpoints" / "last.ckpt"
     resumed = tiny_config([*limits, "trainer.max_epochs=3", f"ckpt_path={last}"])
-    with pytest.raises(ValueError, match=r"one-cycle schedule covers \d+ steps, this run needs \d+"):
+    with pytest.raises(ValueError, match=r"schedule covers \d+ steps, this run needs \d+"):
         train(resumed)

@@ -26,7 +26,7 @@ from formats.artifact import load_artifact, quiet_torchscript_deprecation
 from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 from summarize_runs import main as summarize_main
 from sweeps.run_summary import write_run_record
-from tests.conftest import ROOT, TINY, TINY_MYOCARDIUM, compose_train_config
+from tests.conftest import ROOT, TINY, TINY_MAPPING_DATA, TINY_MYOCARDIUM, compose_train_config
 from tests.test_inline_runtime import BLOCKED_IMPORTS
 from train import train
 
@@ -221,7 +221,8 @@ def test_train_py_with_a_monai_network_trains_tests_and_exports_the_myocardium_m
 ):
     paths = [f"paths.data_dir={data_dir}", f"paths.artifacts_dir={tmp_path / 'artifacts'}"]
     not_net = [o for o in TINY_MYOCARDIUM if not o.startswith("model.net.")]
-    overrides = ["experiment=t2_scratch", *tiny("monai_segresnet"), "trainer.fast_dev_run=true"]
+    overrides = ["experiment=t2_scratch", *tiny("monai_segresnet"), *TINY_MAPPING_DATA,
+                 "trainer.fast_dev_run=true"]  # fmt: skip
     metrics = train(compose_train_config([*not_net, *paths, *overrides], output_dir=tmp_path))
     assert 0.0 <= metrics["test/dsc"] <= 1.0
     assert {"test/myo_hd95_px", "test/myo_assd_px", "test/myo_n_empty"} <= set(metrics)

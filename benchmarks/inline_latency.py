@@ -119,16 +119,18 @@ def measure(variant: str, model_file: Path, threads: int, runs: int, out: Path) 
     code = COMMON.format(
         imports=imports.format(threads=threads), load=load.format(threads=threads), runs=runs
     )
+    return run_fresh_process(code, [str(model_file), str(out)], threads, variant)
+
+
+def run_fresh_process(code: str, args: list[str], threads: int, label: str) -> dict:
+    """Run ``code`` with ``python -c`` in a fresh process (``threads`` OpenMP threads, only the
+    project on its path, as on the scanner) and return its last stdout line, parsed as JSON."""
     env = {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-c", code, str(model_file), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env
     )
     if done.returncode:
-        raise RuntimeError(f"{variant} failed:\n{done.stderr}")
+        raise RuntimeError(f"{label} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

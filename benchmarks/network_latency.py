@@ -15,14 +15,13 @@ timings, with the CPU named first. E.g. after ``python train.py -m experiment=ai
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.inline_latency import run_fresh_process  # noqa: E402
 from formats.artifact import read_metadata  # noqa: E402
 from formats.cpu_info import host_cpu  # noqa: E402
 
@@ -66,17 +65,8 @@ METRICS = ("test/lv_dice", "test/lv_hd95_px", "test/dsc", "test/myo_hd95_px")
 
 def measure(path: Path, threads: int, runs: int) -> dict[str, float]:
     """Timings (ms) of one artifact in a fresh, scanner-like process."""
-    env = {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCANNER_PROCESS, str(path), str(threads), str(runs)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    if done.returncode:
-        raise RuntimeError(f"{path} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    args = [str(path), str(threads), str(runs)]
+    return run_fresh_process(SCANNER_PROCESS, args, threads, label=str(path))
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
+from evaluation.detection_outcome import dice
 from formats.atomic_file import atomic_write
 from formats.mapping_contract import (
     open_mapping_file,
@@ -173,13 +174,6 @@ def hd95(predicted: np.ndarray, reference: np.ndarray, spacing=(1.0, 1.0)) -> fl
     to_r = ndimage.distance_transform_edt(~edge_r, sampling=spacing)[edge_p]
     to_p = ndimage.distance_transform_edt(~edge_p, sampling=spacing)[edge_r]
     return float(np.percentile(np.concatenate([to_r, to_p]), 95))
-
-
-def dice(predicted: np.ndarray, reference: np.ndarray) -> float:
-    """DSC of two 2-D masks (1 when both are empty)."""
-    p, r = np.asarray(predicted, bool), np.asarray(reference, bool)
-    total = p.sum() + r.sum()
-    return 1.0 if total == 0 else float(2 * (p & r).sum() / total)
 
 
 @dataclass

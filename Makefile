@@ -11,10 +11,11 @@ ARGS   ?=
 install: $(STAMP)
 
 # Idempotent: creates .venv if missing, (re)installs only when the dependency files change.
+# The scanner-side runtime alone: pip install -c constraints.txt . (no training stack).
 # Every pip call passes -c constraints.txt, which pins torch==2.13.0 (the CPU wheel).
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e ".[dev,onnx]"
+	$(PIP) install -q -c constraints.txt -e ".[train,dev,onnx]"
 	@touch $(STAMP)
 
 train: install  ## train, test and report the default model (3CS ResUNet on synthetic phantoms)

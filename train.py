@@ -19,7 +19,7 @@ import pytorch_lightning as pl  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from formats.cpu_info import training_precision  # noqa: E402
+from deployment.cpu_info import training_precision  # noqa: E402
 from sweeps.run_summary import write_run_record  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _test_summary(metrics: dict[str, float]) -> str:
 
 def resolve_precision(cfg: DictConfig) -> str:
     """Settle ``trainer.precision`` for this host (``auto``: bf16 autocast only where the CPU has
-    native bf16, see ``formats.cpu_info``), write it into ``cfg`` and log why."""
+    native bf16, see ``deployment.cpu_info``), write it into ``cfg`` and log why."""
     cfg.trainer.precision, reason = training_precision(str(cfg.trainer.precision))
     if cfg.trainer.get("accelerator") == "cpu":
         log.info(reason)
@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
-    if cfg.get("finetune") and cfg.finetune.get("pretrained"):  # transfer learning (SPEC B3)
+    if cfg.get("finetune") and cfg.finetune.get("pretrained"):  # transfer learning (method.md §B3)
         hydra.utils.instantiate(cfg.finetune).apply_to(model)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(

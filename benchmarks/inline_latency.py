@@ -23,12 +23,12 @@ inferences of one preprocessed series [1, 64, 64, 48] after 5 warm-up calls. Var
 * ``eager``: the ``ResUNet`` class built and its ``state_dict`` loaded (``torch.load``);
 * ``onnxruntime``: the ONNX export run by ONNX Runtime (if installed).
 
-The first line names the CPU (``formats.cpu_info``). The model is the default 3CS ResUNet
+The first line names the CPU (``deployment.cpu_info``). The model is the default 3CS ResUNet
 (6.5 M parameters) with the weights of ``--checkpoint``, or
 random weights and batch-norm statistics from random data (latency does not depend on the
 weights; parity is pessimistic with random ones), exported with ``export_artifact``. Parity of
 every variant with eager is printed (max abs probability difference). The published Gadgetron
-figures (SPEC A8, 2x Xeon Gold 6152): load 340 ms, inference 180 ms.
+figures (docs/method.md §A8, 2x Xeon Gold 6152): load 340 ms, inference 180 ms.
 
 Compute bound: the network costs 9.5 GFLOP per series (4.75 G multiply-adds in its convs). Two
 Zen 4 cores (AVX-512 run as 2 x 256-bit FMA, 32 fp32 FLOP/cycle/core) peak at ~224 GFLOPS at
@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from formats.cpu_info import host_cpu  # noqa: E402
+from deployment.cpu_info import host_cpu  # noqa: E402
 
 PUBLISHED_LOAD_MS, PUBLISHED_INFERENCE_MS = 340.0, 180.0
 
@@ -81,11 +81,11 @@ TORCH_IMPORT = "import torch\ntorch.set_num_threads({threads})\ntorch.set_num_in
 
 VARIANTS = {
     "torchscript": (
-        TORCH_IMPORT + "\nfrom formats.artifact import load_artifact",
+        TORCH_IMPORT + "\nfrom deployment.artifact import load_artifact",
         "model = load_artifact(sys.argv[1])\nrun = model.probabilities",
     ),
     "emulated": (  # a bf16 artifact on a CPU without native bf16: past the load-time refusal
-        TORCH_IMPORT + "\nfrom formats.artifact import load_artifact",
+        TORCH_IMPORT + "\nfrom deployment.artifact import load_artifact",
         "model = load_artifact(sys.argv[1], check_cpu=False)\nrun = model.probabilities",
     ),
     "eager": (
@@ -139,7 +139,7 @@ def prepare(workdir: Path, checkpoint: Path | None, bf16: bool) -> dict[str, Pat
     import numpy as np
     import torch
 
-    from callbacks.export import export_artifact
+    from deployment.exporter import export_artifact
     from lightning_modules.networks.resunet import ResUNet
     from quantification.aif_preprocessing import AIFPreprocessing
 

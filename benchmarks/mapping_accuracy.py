@@ -47,13 +47,13 @@ from datamodules.synthetic.mapping_phantom import (  # noqa: E402
     TE_T2_MS,
     write_mapping_phantoms,
 )
+from deployment.cpu_info import host_cpu  # noqa: E402
 from exports.mapping_cli import read_acquisitions  # noqa: E402
 from exports.mapping_pipeline import MappingPipeline, MappingSettings  # noqa: E402
-from formats.cpu_info import host_cpu  # noqa: E402
 from quantification.relaxometry import estimate_offset_fraction, fit_t2, t2_signal  # noqa: E402
 
 PAPER_SEGMENT_R = 0.75
-"""Per-segment Pearson R of the automated T2 in the paper (SPEC B5, Exp#1)."""
+"""Per-segment Pearson R of the automated T2 in the paper (docs/method.md §B5, Exp#1)."""
 LEVELS = ("slice", "segment", "patient")
 
 

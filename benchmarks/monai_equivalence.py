@@ -5,13 +5,13 @@
 Prints, with the CPU named first:
 
 * **largest connected component** (``quantification.lv_mask.largest_component``, SciPy, used by
-  the SPEC A6 post-processing on both the training and the scanner side) against MONAI's
+  the docs/method.md §A6 post-processing on both the training and the scanner side) against MONAI's
   ``KeepLargestConnectedComponent`` (8-connectivity, scikit-image underneath) on seeded random
   64×48 blob masks like the network's LV candidates: identical masks, median time per mask;
 * **Dice + cross-entropy** (``lightning_modules.losses.DiceCrossEntropyLoss``, whose Dice term is
   MONAI's ``DiceLoss``) against MONAI's all-in-one ``DiceCELoss`` with and without the class
   weights: loss difference and time per forward + backward of a [8, 2, 256, 256] batch;
-* **CE − log soft IoU** (``CrossEntropySoftIoULoss``, SPEC A5) against MONAI's nearest loss,
+* **CE − log soft IoU** (``CrossEntropySoftIoULoss``, method.md §A5) against MONAI's nearest loss,
   CE + Jaccard ``DiceLoss`` (1 − J): the two are different objectives, shown by their values.
 """
 
@@ -31,7 +31,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from formats.cpu_info import host_cpu  # noqa: E402
+from deployment.cpu_info import host_cpu  # noqa: E402
 from lightning_modules.losses import CrossEntropySoftIoULoss, DiceCrossEntropyLoss  # noqa: E402
 from quantification.lv_mask import largest_component  # noqa: E402
 
@@ -131,7 +131,7 @@ def compare_losses() -> None:
     ce = float(torch.nn.functional.cross_entropy(aif_logits, aif_target))
     nearest = ce + 0.5 * float(jaccard(aif_logits, aif_target[:, None]))
     print(
-        f"CE - 0.5 log J (SPEC A5): {float(ce_log_iou(aif_logits, aif_target)):.4f}; MONAI's "
+        f"CE - 0.5 log J (method.md §A5): {float(ce_log_iou(aif_logits, aif_target)):.4f}; MONAI's "
         f"nearest, CE + 0.5 (1 - J): {nearest:.4f} (different objectives)"
     )
 

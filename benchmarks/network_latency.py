@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.inline_latency import run_fresh_process  # noqa: E402
-from formats.artifact import read_metadata  # noqa: E402
-from formats.cpu_info import host_cpu  # noqa: E402
+from deployment.artifact import read_metadata  # noqa: E402
+from deployment.cpu_info import host_cpu  # noqa: E402
 
 SCANNER_PROCESS = """
 import importlib.abc, json, sys, time

@@ -16,7 +16,7 @@ AIF, features, outlines) and its start-up (load + verify + warm-up, from its log
 
 Without ``--model`` the paper-size 3CS ResUNet (``ResUNet()`` defaults, 6.5 M parameters) is
 exported with random weights (latency does not depend on the weights) twice with
-``callbacks.export.export_artifact``: fp32 (the default export) and int8 (static quantisation
+``deployment.exporter.export_artifact``: fp32 (the default export) and int8 (static quantisation
 calibrated on 8 phantom series). Published Gadgetron figures (2x Xeon Gold 6152): model load
 340 ms + inference 180 ms per series, the load repeated for every series. Goal: <= 100 ms end to
 end for fp32 and <= 60 ms for int8. Client and server share this machine's cores, so the figures
@@ -50,7 +50,7 @@ def phantom_series(workdir: Path) -> tuple[list[tuple[list, int]], np.ndarray]:
     import h5py
 
     from datamodules.synthetic.aif_phantom import write_aif_phantoms
-    from formats.mrd_images import TICK_S, make_image
+    from formats.mrd.images import TICK_S, make_image
     from quantification.aif_preprocessing import preprocess_aif_series
 
     path = write_aif_phantoms(workdir / "cases.h5", n_patients=N_SERIES // 2, seed=11)
@@ -79,7 +79,7 @@ def export_paper_models(workdir: Path, preprocessed: np.ndarray) -> dict[str, Pa
     """fp32 and int8 artifacts of the default 3CS ResUNet with random weights."""
     import torch
 
-    from callbacks.export import export_artifact
+    from deployment.exporter import export_artifact
     from lightning_modules.networks.resunet import ResUNet
     from quantification.aif_preprocessing import AIFPreprocessing
 
@@ -126,7 +126,7 @@ def network_alone_ms(model: Path, preprocessed: np.ndarray, threads: int) -> flo
     network's share of a session), after 3 warm-up calls."""
     import torch
 
-    from formats.artifact import load_artifact
+    from deployment.artifact import load_artifact
 
     torch.set_num_threads(threads)
     artifact = load_artifact(model)
@@ -143,7 +143,7 @@ def measure(
 ) -> dict[str, float]:
     """Latency figures of one artifact (ms)."""
     from exports.mrd_client import exchange, session_messages
-    from formats.mrd_stream import encode_message
+    from formats.mrd.stream import encode_message
 
     network_ms = network_alone_ms(model, preprocessed, threads)
 
@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="server torch threads")
     args = parser.parse_args()
 
-    from formats.cpu_info import host_cpu
+    from deployment.cpu_info import host_cpu
 
     print(f"CPU: {host_cpu().describe()}; {os.cpu_count()} cores visible")
     with tempfile.TemporaryDirectory() as tmp:

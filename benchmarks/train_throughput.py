@@ -6,7 +6,7 @@ the composed config (any Hydra override may follow the options)::
     python benchmarks/train_throughput.py --steps 10 model=resunet2cs data.num_workers=1
     python benchmarks/train_throughput.py --steps 50 data.batch_size=256 data.num_workers=12  # GPU
 
-The first line names the CPU (``formats.cpu_info``). On a CPU, bf16 autocast is measured only
+The first line names the CPU (``deployment.cpu_info``). On a CPU, bf16 autocast is measured only
 where the CPU has native bf16, by the same rule as ``trainer.precision=auto`` (``--bf16`` measures
 the emulated one too); ``--channels-last`` adds channels_last (NHWC) variants. On a CUDA device it
 measures fp32, bf16 and bf16 with channels_last, as ``trainer=gpu`` trains. The issue's goal is
@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from formats.cpu_info import CPUInfo, host_cpu
+from deployment.cpu_info import CPUInfo, host_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))

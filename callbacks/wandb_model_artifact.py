@@ -21,7 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from formats.artifact_index import ArtifactVersion, export_record
+from deployment.artifact_index import ArtifactVersion, export_record
 
 log = logging.getLogger(__name__)
 

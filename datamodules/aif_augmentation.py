@@ -3,7 +3,7 @@
 On top of the randomised phantoms (``datamodules.synthetic.aif_phantom``), every training sample
 ``{"image": float [T, RO, E1] (time frames as channels), "mask": int [RO, E1]}`` goes through:
 
-1. flips along RO and E1 (SPEC A2), image and mask together;
+1. flips along RO and E1 (docs/method.md §A2), image and mask together;
 2. a random affine map (rotation, zoom, translation; bilinear image, nearest mask);
 3. a smooth multiplicative bias field, the same for every frame (receive-coil shading);
 4. a gamma (contrast) change and a random histogram shift (non-linear intensity mappings);

@@ -1,6 +1,7 @@
 """LightningDataModule for AIF perfusion series (``data=aif``).
 
-With ``path`` set it reads that HDF5 file (the AIF contract of DESIGN.md). With ``path: null`` it
+With ``path`` set it reads that HDF5 file (the AIF contract of data_contracts.md). With ``path:
+null`` it
 generates the synthetic phantom set once (seeded) and caches it under ``data_dir``; the file
 name carries the generator settings, so a changed setting makes a new file instead of reusing
 a stale one. Splits are by patient; the split used is written to ``split_out``. With ``n_folds``

@@ -1,8 +1,8 @@
 """LightningDataModule for myocardium segmentation in mapping images (``data=t1_native|t2|
-post_contrast``, SPEC B1/B3).
+post_contrast``, docs/method.md §B1/B3).
 
 Every weighted image of every slice is a sample: image -> myocardium mask. With ``path`` set it
-reads that HDF5 file (the mapping contract of DESIGN.md, checked by
+reads that HDF5 file (the mapping contract of docs/data_contracts.md, checked by
 :mod:`formats.mapping_contract`). With ``path: null`` it generates the synthetic phantom files
 (seeded; the three modalities at once, same patients) and caches them under ``data_dir``, named
 by their settings. Splits are by patient; the split used is written to ``split_out``.
@@ -182,7 +182,7 @@ class MappingDataModule(SplitDataModule):
             ``max_train_images`` its train list holds only the cases actually used.
         max_train_images: cap on training images (None: all): whole slices of training patients
             in a seeded random patient order until the cap (e.g. 945 = 21 patients x 5 slices x
-            9 T2 images, SPEC B1); the last slice may be cut.
+            9 T2 images, docs/method.md §B1); the last slice may be cut.
         batch_size: training batch size (evaluation uses the same).
         num_workers: DataLoader worker processes (each opens the HDF5 file itself).
         image_size: network grid side, pixels.

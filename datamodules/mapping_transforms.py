@@ -1,4 +1,4 @@
-"""Training augmentation of myocardium segmentation samples (SPEC B3) and the acquisition
+"""Training augmentation of myocardium segmentation samples (docs/method.md §B3) and the acquisition
 artefacts of synthetic short-axis images (issue 20).
 
 * :class:`RandomTranslateFlipElastic`: random translation, mirroring, rotation, zoom and elastic

@@ -148,7 +148,7 @@ class ShortAxisSynthesisDataModule(SplitDataModule):
         val_images, test_images: fixed held-out images (one per held-out label map).
         samples_per_epoch: training samples per epoch (fresh draws).
         batch_size, num_workers: loaders.
-        image_size: grid side (256, SPEC B1).
+        image_size: grid side (256, docs/method.md §B1).
         crop_size: training patch side (None: whole grid).
         crop_lv_p: probability that a training patch contains the LV centre.
         intensity_percentiles, intensity_clip: network input scaling (as the runtime's).

@@ -1,7 +1,7 @@
-"""Run every AIF method on the same labelled cases and score each case (SPEC A7).
+"""Run every AIF method on the same labelled cases and score each case (docs/method.md §A7).
 
 For each case of an AIF contract file (with a reference ``mask``): every network goes through the
-runtime's steps (preprocessing with its own parameters, probabilities, SPEC A6 threshold rule,
+runtime's steps (preprocessing with its own parameters, probabilities, method.md §A6 threshold rule,
 geometry restored to the input pixels), the legacy detector runs on the raw series, and each LV
 mask is scored against the reference (Dice, failure reason, and the boundary distances HD95 and
 ASSD of the LV and, for methods that label it, the RV: ``lightning_modules.boundary_metrics``,

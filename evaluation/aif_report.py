@@ -1,11 +1,12 @@
-"""AIF evaluation summary (SPEC A7): metrics.json content and the Markdown report.
+"""AIF evaluation summary (docs/method.md §A7): metrics.json content and the Markdown report.
 
 Per method: detection rate (LV Dice > 0.5), Dice mean ± SD, share with Dice > 0.75, failures with
 their reason, paired t-test of Dice against the primary model on the same cases; boundary
 distances of the LV (and RV) masks, HD95 and ASSD in pixels (mean ± SD over the cases where both
 masks exist, with the empty and spurious predictions counted beside them); AIF curves from
 the method's LV vs the reference LV: curve correlation, and per first-pass feature the mean ± SD of
-both, paired t-test P, mean % difference and Bland-Altman. Published values (SPEC A7) are printed
+both, paired t-test P, mean % difference and Bland-Altman. Published values (method.md §A7) are
+printed
 beside ours.
 """
 
@@ -204,7 +205,7 @@ def aif_report_markdown(metrics: dict, figures: dict[str, str]) -> str:
         *[f"- {name}: `{src}`" for name, src in metrics["sources"].items()],
         f"- evaluated in {metrics['elapsed_s']:.1f} s on {metrics['created_utc']}",
         "",
-        "## Detection (SPEC A7: success = LV Dice > 0.5)",
+        "## Detection (docs/method.md §A7: success = LV Dice > 0.5)",
         "",
         "| method | cases | detection | LV Dice mean ± SD | Dice > 0.75 | failures | "
         f"P Dice vs {primary} (paired t) |",

@@ -1,6 +1,7 @@
 """Per-case outcome of an LV detection against a reference mask: Dice and, for a failure, why.
 
-SPEC A7: a detection succeeds when Dice(reference LV, predicted LV) > 0.5. A failure is given one
+method.md §A7: a detection succeeds when Dice(reference LV, predicted LV) > 0.5. A failure is given
+one
 reason, checked in this order:
 
 * ``empty``: no LV pixel was predicted;
@@ -20,9 +21,9 @@ from scipy import ndimage
 from quantification.lv_mask import LABEL_LV, LABEL_RV, STRUCTURE_8
 
 SUCCESS_DICE = 0.5
-"""Detection succeeds above this LV Dice (SPEC A7)."""
+"""Detection succeeds above this LV Dice (docs/method.md §A7)."""
 GOOD_DICE = 0.75
-"""Secondary threshold of SPEC A7."""
+"""Secondary threshold of docs/method.md §A7."""
 FAILURE_REASONS = ("empty", "outside the heart", "picked the RV", "partial LV")
 
 

@@ -6,7 +6,7 @@ For every case of the mapping files (T2: one file; ECV: native and post-contrast
   (the expert masks of the paper's reference maps; on phantoms the exact masks);
 * **automated**: the same pipeline on masks produced by a segmenter per modality (the network
   under test), which then go through the same shape QC, refinement, polar fits and pruning;
-* **DSC** of every automated mask against the stored mask (before QC, as in SPEC B5 Table 2),
+* **DSC** of every automated mask against the stored mask (before QC, as in method.md §B5 Table 2),
   and its boundary distances, HD95 and ASSD (``lightning_modules.boundary_metrics``, MONAI), in
   pixels of the native image and in mm where the slice gives ``pixel_spacing_mm``.
 

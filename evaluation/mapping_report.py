@@ -1,13 +1,13 @@
-"""Mapping evaluation summary (SPEC B4/B5): agreement per patient, slice and AHA segment.
+"""Mapping evaluation summary (docs/method.md §B4/B5): agreement per patient, slice and AHA segment.
 
 For automated vs reference T2 (ms) or ECV (%): mean ± SD of both, Wilcoxon signed-rank P,
 Pearson R with 95 % CI, regression slope with 95 % CI, Bland-Altman bias ± SD with the 1.96 SD
-limits; success rates (slices: SPEC B4 valid-image rule; patients: a successful basal, mid and
+limits; success rates (slices: method.md §B4 valid-image rule; patients: a successful basal, mid and
 apical slice), refinement rate (replaced masks / images), DSC and boundary distances (HD95,
 ASSD: mm when every slice gives its pixel size, pixels otherwise; empty predictions counted) of
 the automated masks, and
 sensitivity/specificity per patient for T2 >= 58 ms or ECV >= 29 %. ``table2_markdown`` lays out
-several experiments (``exp1``...``exp6``) like SPEC B5 Table 2.
+several experiments (``exp1``...``exp6``) like docs/method.md §B5 Table 2.
 
 Which values are paired:
 * patient: the mean of the myocardial pixels of all successful slices, for patients that are a
@@ -36,7 +36,7 @@ from quantification.aha_segments import patient_success
 from quantification.statistics import diagnostic_accuracy, mean_sd, paired_agreement
 
 THRESHOLDS = {"t2": 58.0, "ecv": 29.0}
-"""Abnormal if >= this (SPEC B4: normal mean + 2 SD): T2 in ms, ECV in %."""
+"""Abnormal if >= this (docs/method.md §B4: normal mean + 2 SD): T2 in ms, ECV in %."""
 UNITS = {"t2": "ms", "ecv": "%"}
 LEVELS = ("patient", "slice", "segment")
 
@@ -181,7 +181,7 @@ def mapping_report_markdown(metrics: Mapping[str, Any], figures: Mapping[str, st
         "|---|---|",
         f"| patient success (basal, mid and apical slice) | {metrics['patient_success']['n']} / "
         f"{metrics['n_patients']} ({100 * metrics['patient_success']['rate']:.0f} %) |",
-        f"| slice success (SPEC B4 valid images) | {metrics['slice_success']['n']} / "
+        f"| slice success (docs/method.md §B4 valid images) | {metrics['slice_success']['n']} / "
         f"{metrics['n_slices']} ({100 * (metrics['slice_success']['rate'] or 0):.0f} %) |",
         f"| refinement rate (replaced masks / images) | {metrics['refinement']['refined_images']}"
         f" / {metrics['refinement']['n_images']} "
@@ -259,7 +259,7 @@ TABLE2_ROWS = (
     ("slope seg", lambda m: _slope(m, "segment")),
     ("R seg", lambda m: _r(m, "segment")),
 )  # fmt: skip
-"""Rows of SPEC B5 Table 2 and how each is read from a mapping ``metrics.json``."""
+"""Rows of docs/method.md §B5 Table 2 and how each is read from a mapping ``metrics.json``."""
 
 
 def _slope(m: Mapping[str, Any], level: str) -> str:
@@ -273,7 +273,8 @@ def _r(m: Mapping[str, Any], level: str) -> str:
 
 
 def table2_markdown(metrics_by_exp: Mapping[str, Mapping[str, Any]]) -> str:
-    """SPEC B5 Table 2 from one mapping ``metrics.json`` per experiment (``exp1``...), with the
+    """method.md §B5 Table 2 from one mapping ``metrics.json`` per experiment (``exp1``...), with
+    the
     published values in italics below each of our rows."""
     exps = list(metrics_by_exp)
     lines = ["| | " + " | ".join(exps) + " |", "|---|" + "---|" * len(exps)]

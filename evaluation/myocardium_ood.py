@@ -17,7 +17,8 @@ training never saw, one report row per family:
 - any labelled mapping contract file the user names (e.g. real scans with expert masks).
 
 Per image: DSC of the thresholded probability map against the reference mask (before any
-post-processing, as SPEC B5), the symmetric 95th-percentile Hausdorff distance (HD95, pixels and
+post-processing, as method.md §B5), the symmetric 95th-percentile Hausdorff distance (HD95, pixels
+and
 mm where the file gives ``pixel_spacing_mm`` or ``pixel_mm``), and whether the prediction passes
 the pipeline's shape QC (largest object, Euler number 0, eccentricity < 0.65). Per family and
 artifact: median / mean DSC, median HD95, the QC pass rate and the goal check of issue 20

@@ -1,7 +1,7 @@
 """The networks an AIF evaluation compares: exported artifacts and Lightning checkpoints.
 
 A *predictor* maps preprocessed series to probabilities exactly like
-:meth:`formats.artifact.Artifact.probabilities`, so the evaluation runs every network through the
+:meth:`deployment.artifact.Artifact.probabilities`, so the evaluation runs every network through the
 same preprocessing, threshold rule and geometry restoration as the scanner runtime.
 """
 
@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from deployment.artifact import load_artifact
 from exports.aif_pipeline import aif_preprocessing_of, flip_averaged_probabilities
-from formats.artifact import load_artifact
 from quantification.aif_preprocessing import AIFPreprocessing
 
 

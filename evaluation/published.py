@@ -1,4 +1,5 @@
-"""Published results of the source papers (SPEC A7, B5), printed beside ours for reference only.
+"""Published results of the source papers (method.md §A7, B5), printed beside ours for reference
+only.
 
 Different data (real scans with expert labels vs phantoms), so no test compares against them.
 """
@@ -11,7 +12,7 @@ AIF_DETECTION = {
     "resunet2cs": (5721, None, 0.82, 0.22, 80.8, None),
     "legacy": (5721, 99.1, None, None, None, 52),
 }
-"""Xue et al., hold-out test set (SPEC A7). None: not reported."""
+"""Xue et al., hold-out test set (docs/method.md §A7). None: not reported."""
 
 AIF_FEATURES = {
     # feature: (manual mean, manual SD, 3CS mean, 3CS SD, mean % difference)
@@ -21,10 +22,10 @@ AIF_FEATURES = {
     "peak_value": (0.385, 0.099, 0.383, 0.099, 1.61),
     "auc": (6.14, 2.18, 6.12, 2.19, 2.00),
 }
-"""Xue et al., AIF features from manual vs 3CS masks (SPEC A7); all paired P > 0.2."""
+"""Xue et al., AIF features from manual vs 3CS masks (docs/method.md §A7); all paired P > 0.2."""
 
 AIF_CURVE_CC = (0.998, 0.012)
-"""Curve correlation manual vs 3CS, mean and SD (SPEC A7)."""
+"""Curve correlation manual vs 3CS, mean and SD (docs/method.md §A7)."""
 
 MAPPING_TABLE2 = {
     # exp: (refined %, DSC mean, DSC SD, SR patients %, slope pt, R pt, SR slices %, slope sl,
@@ -36,7 +37,7 @@ MAPPING_TABLE2 = {
     "exp5": (2.9, 0.87, 0.08, 87, 0.98, 0.92, 81, 0.98, 0.87, 0.98, 0.79),
     "exp6": (2.9, 0.89, 0.07, 86, 0.99, 0.93, 80, 0.99, 0.87, 0.99, 0.80),
 }
-"""Fahmy et al., Table 2 (SPEC B5)."""
+"""Fahmy et al., Table 2 (docs/method.md §B5)."""
 
 MAPPING_SENS_SPEC = {"t2": (71.4, 95.4), "ecv": (84.4, 90.1)}
 """Fahmy et al., Table 3 (N0): sensitivity and specificity % for T2 >= 58 ms, ECV >= 29 %."""

@@ -4,6 +4,7 @@ Importable with torch, NumPy and SciPy only (no Lightning, Hydra or W&B); h5py a
 imported by the command line (``python -m exports aif ...``) only.
 """
 
+from deployment.artifact import Artifact, ArtifactError, load_artifact, read_metadata
 from exports.aif_pipeline import (
     AIFCase,
     AIFInputError,
@@ -12,7 +13,6 @@ from exports.aif_pipeline import (
     CaseFailure,
     validate_aif_input,
 )
-from formats.artifact import Artifact, ArtifactError, load_artifact, read_metadata
 
 __all__ = [
     "AIFCase",

@@ -6,7 +6,7 @@ For one motion-corrected series float ``[T, RO, E1]`` (PD frames first), its fra
 1. the training preprocessing (``quantification.aif_preprocessing.preprocess_aif_series`` with
    the parameters stored in the artifact): [n_frames, ro_size, e1_size], max-normalised;
 2. the model: probabilities [C, ro_size, e1_size];
-3. the threshold rule of SPEC A6 (``quantification.lv_mask.masks_from_probabilities``): labels
+3. the threshold rule of method.md §A6 (``quantification.lv_mask.masks_from_probabilities``): labels
    0 background, 1 LV, 2 RV (3CS);
 4. back to the input geometry (``restore_geometry``: padding removed, cropped pixels = 0);
 5. the AIF (``quantification.aif_curve.aif_curve``: brightest 15 % of the LV at the frame of
@@ -25,7 +25,7 @@ Options: ``tta=True`` averages the probabilities of the series and its three fli
 both; test-time augmentation, 4 network passes in one batch). When the model finds no LV, the
 error says why (``quantification.enhancing_pools``: nothing enhances, one pool only, a bolus
 after the window, or pools the model did not recognise); with ``fallback="legacy"`` the legacy
-detector of SPEC A3 is tried instead, and a mask it finds is returned with ``mask_source =
+detector of method.md §A3 is tried instead, and a mask it finds is returned with ``mask_source =
 "legacy"`` so that outputs flag it.
 
 Imports torch, NumPy and SciPy only.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from formats.artifact import AIF_TASK, Artifact, ArtifactError
+from deployment.artifact import AIF_TASK, Artifact, ArtifactError
 from quantification.aif_curve import AIFFeatures, aif_curve, aif_features
 from quantification.aif_preprocessing import (
     AIFPreprocessing,

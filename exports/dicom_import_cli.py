@@ -1,5 +1,5 @@
 """``python -m exports dicom-import SRC --output OUT.h5``: a scanner's DICOM folder into the HDF5
-contracts (the work is done by :mod:`formats.dicom_import`; rules in the README, "Your own data
+contracts (the work is done by :mod:`formats.dicom.importer`; rules in the README, "Your own data
 (DICOM)").
 
 Prints one line per series (imported, with where it went, or skipped, with the reason), one per
@@ -23,7 +23,7 @@ __all__ = [
     "run_dicom_import",
 ]
 
-# the values of formats.dicom_series_plan.TASKS and formats.dicom_labels.LABEL_CONVENTIONS,
+# the values of formats.dicom.series_plan.TASKS and formats.dicom.labels.LABEL_CONVENTIONS,
 # spelled out so that registering the subcommand does not import pydicom (tested equal)
 TASK_CHOICES = ("auto", "aif", "t1", "t2")
 LABEL_CONVENTION_CHOICES = ("acdc", "inline")
@@ -31,8 +31,8 @@ LABEL_CONVENTION_CHOICES = ("acdc", "inline")
 
 def run_dicom_import(args: argparse.Namespace) -> int:
     """The ``dicom-import`` subcommand; returns the exit status."""
-    from formats.dicom_files import DicomImportError
-    from formats.dicom_import import ImportOptions, import_dicom
+    from formats.dicom.files import DicomImportError
+    from formats.dicom.importer import ImportOptions, import_dicom
 
     options = ImportOptions(
         task=args.task,

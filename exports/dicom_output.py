@@ -1,8 +1,8 @@
 """``--dicom-out DIR --dicom-source SRC`` of ``python -m exports aif`` and ``mapping``: results
-back as DICOM (objects built by :mod:`formats.dicom_results`).
+back as DICOM (objects built by :mod:`formats.dicom.results`).
 
 The runtime reads HDF5, so the DICOM objects are tied to their source images through what the
-import stored (:mod:`formats.dicom_import`): the SOP Instance UIDs of every frame / image of a
+import stored (:mod:`formats.dicom.importer`): the SOP Instance UIDs of every frame / image of a
 case or slice. ``SRC`` is the folder the import read (or any folder holding those files); its
 headers are scanned and matched by SOP Instance UID. Written into ``DIR``, each atomically:
 
@@ -38,8 +38,8 @@ from formats.contract_errors import plain
 if TYPE_CHECKING:  # pydicom and highdicom are imported only when --dicom-out is used
     from pydicom.dataset import Dataset
 
-    from formats.dicom_files import DicomFile
-    from formats.dicom_results import Provenance
+    from formats.dicom.files import DicomFile
+    from formats.dicom.results import Provenance
 
 __all__ = [
     "DicomOutputError",
@@ -90,7 +90,7 @@ class _Writer:
     problems: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from formats.dicom_files import DicomImportError, scan_dicom_folder
+        from formats.dicom.files import DicomImportError, scan_dicom_folder
 
         try:
             self.files = scan_dicom_folder(self.source).by_sop_instance_uid()
@@ -109,7 +109,7 @@ class _Writer:
     def provenance(self, source: Dataset, kind: str) -> Provenance:
         from pydicom.uid import generate_uid
 
-        from formats.dicom_results import Provenance
+        from formats.dicom.results import Provenance
 
         key = (str(source.SeriesInstanceUID), kind)
         number = int(source.get("SeriesNumber") or 0)
@@ -151,7 +151,7 @@ def write_aif_dicom(
 ) -> int:
     """LV/RV Segmentations of the successful AIF cases (module docstring); returns 0 when every
     case was written, else 1 (problems printed)."""
-    from formats.dicom_results import segmentation
+    from formats.dicom.results import segmentation
 
     try:
         writer = _Writer(args.dicom_source, args.dicom_out, _algorithm(args, "inline-cmr aif"),
@@ -197,7 +197,7 @@ def write_mapping_dicom(
 ) -> int:
     """Parametric Maps and myocardium Segmentations of the successful slices (module
     docstring); returns 0 when every such slice was written, else 1 (problems printed)."""
-    from formats.dicom_results import QUANTITIES, parametric_map, segmentation
+    from formats.dicom.results import QUANTITIES, parametric_map, segmentation
 
     try:
         writer = _Writer(args.dicom_source, args.dicom_out,

@@ -1,5 +1,6 @@
 """Bootstrap labels with the legacy detector: ``python -m exports aif --legacy --input cases.h5
---output labels.h5`` (SPEC A3: the paper's labels began as legacy output checked by an expert).
+--output labels.h5`` (method.md §A3: the paper's labels began as legacy output checked by an
+expert).
 
 The output is a copy of the input AIF contract file in which every case the detector labelled has
 a ``mask`` (0 background, 1 LV, 2 RV) and the attrs ``label_source = "legacy_aif_detector"``,

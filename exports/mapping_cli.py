@@ -19,7 +19,7 @@ maps, no segments (:mod:`exports.whole_slice_maps`). ``--segment-fit roi`` fits 
 of each AHA segment (and of the whole analysed myocardium for the slice mean) instead of
 averaging the pixel map.
 ``--figures DIR`` writes one PNG per slice (the map over the anatomy). Thresholds are flags with
-the SPEC B2/B4 defaults (``--help``).
+the docs/method.md §B2/B4 defaults (``--help``).
 
 Output HDF5 (written atomically; ``<output>.json``, e.g. ``results.json`` for ``results.h5``,
 holds the same figures)::
@@ -35,7 +35,7 @@ holds the same figures)::
     attrs on the slice:  success (bool), refined_images (int), n_images, refinement_rate, reason,
                          level, mean, n_pixels, insertion_deg, insertion_source, whole_slice,
                          sequence (T1: the model used), segment_fit
-    attrs on /<case_id>: status ("ok" | "failed"), error (failed), patient_success (SPEC B4),
+    attrs on /<case_id>: status ("ok" | "failed"), error (failed), patient_success (method.md §B4),
                          patient_mean (mean of the myocardial pixels of the successful slices),
                          n_slices, n_successful_slices
     attrs on /:          mode ("t1" | "t2" | "ecv"), inputs, model, weights_sha256, n_cases_ok,
@@ -65,6 +65,7 @@ import h5py
 import numpy as np
 import torch
 
+from deployment.artifact import ArtifactError, load_artifact
 from exports.dicom_output import (
     add_dicom_output_arguments,
     dicom_output_arguments_error,
@@ -79,7 +80,6 @@ from exports.mapping_pipeline import (
     MyocardiumSegmenter,
     SliceResult,
 )
-from formats.artifact import ArtifactError, load_artifact
 from formats.atomic_file import atomic_write
 from formats.mapping_contract import (
     MappingContractError,
@@ -414,7 +414,7 @@ def _fallback_note(outcome: CaseOutcome) -> str:
     if not n:
         return ""
     return (f"{outcome.case_id}: no slice attr 'sequence' on {n} T1 acquisition(s): fitted with "
-            "the STONE model (SPEC B2); choose with --t1-sequence")  # fmt: skip
+            "the STONE model (docs/method.md §B2); choose with --t1-sequence")  # fmt: skip
 
 
 def run_mapping(args: argparse.Namespace) -> int:
@@ -561,10 +561,11 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="T1 model (T1 and ECV): the slice attr 'sequence' (auto, default; STONE "
                    "when absent) or stone | molli | shmolli | sasha for every slice")  # fmt: skip
     p.add_argument("--t1-model", choices=("t1_2p", "t1_3p"), default=d.t1_model,
-                   help="STONE's model: 2-parameter (default, SPEC B2) or 3-parameter")  # fmt: skip
+                   help="STONE's model: 2-parameter (default, method.md §B2) or "
+                   "3-parameter")  # fmt: skip
     p.add_argument("--t2-model", choices=("t2_shared_offset", "t2_3p"), default=d.t2_model,
                    help="T2 model: offset B / A shared by the slice (default; efficient) or B "
-                   "free per pixel (3-parameter, SPEC B2)")  # fmt: skip
+                   "free per pixel (3-parameter, docs/method.md §B2)")  # fmt: skip
     p.add_argument("--t2-offset-scope", choices=("slice", "case"), default=d.t2_offset_scope,
                    help="T2 shared offset B / A: one per slice or one per patient (all its "
                    "slices)")  # fmt: skip

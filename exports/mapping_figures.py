@@ -16,7 +16,7 @@ from formats.atomic_file import atomic_write
 __all__ = ["DISPLAY_RANGE", "plot_slice"]
 
 DISPLAY_RANGE = {"t2_ms": (30.0, 100.0), "ecv_percent": (10.0, 60.0)}
-"""Colour scale of each map (the valid ranges of SPEC B2), in the map's units; T1 maps (native
+"""Colour scale of each map (the valid ranges of method.md §B2), in the map's units; T1 maps (native
 or post-contrast) scale to their own values."""
 _LABEL = {"t1_ms": "T1 (ms)", "t2_ms": "T2 (ms)", "ecv_percent": "ECV (%)"}
 

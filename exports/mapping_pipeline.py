@@ -1,4 +1,4 @@
-"""Inline T1, T2 and ECV mapping of one short-axis slice (SPEC B2), from images to maps and
+"""Inline T1, T2 and ECV mapping of one short-axis slice (method.md §B2), from images to maps and
 segments.
 
 Per acquisition (the N weighted images of one slice):
@@ -14,7 +14,7 @@ Per acquisition (the N weighted images of one slice):
    radii, :func:`common_ring`), which aligns the images; the *reference* geometry is that of
    the first used image (image 0 unless it was excluded), so maps come out in its pixels.
 5. Pixel-wise fit on the polar grid (``quantification.relaxometry``): T2 ``A exp(-TE/T2) + B``
-   (by default B / A shared by the slice, ``t2_model``; B free per pixel as in SPEC B2 with
+   (by default B / A shared by the slice, ``t2_model``; B free per pixel as in method.md §B2 with
    ``t2_3p``), or T1 with the model of the slice's sequence (``quantification.t1_sequences``:
    STONE, MOLLI, ShMOLLI, SASHA; the slice attr ``sequence`` with ``t1_sequence="auto"``,
    STONE when it is absent), plus, for ECV, blood T1 from the cavity pixels of the 5 px disc at
@@ -25,7 +25,7 @@ Per acquisition (the N weighted images of one slice):
 6. ECV on the polar grid (native and post polar grids are both anchored on the myocardium, so
    sample (angle, depth) is the same tissue in both), back to Cartesian pixels of the reference
    image, boundary pruning, valid range; AHA segments from the RV insertion point (given, e.g. the
-   file attribute ``rv_insertion_deg``, or estimated) and the SPEC B4 slice success rule.
+   file attribute ``rv_insertion_deg``, or estimated) and the docs/method.md §B4 slice success rule.
 
 With ``segment_fit="roi"`` (T1 and T2) each AHA segment's value is the fit of the mean signal
 of its pixels (the aligned images resampled on the reference image's pixels) and the slice mean
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deployment.artifact import MYOCARDIUM_TASK, Artifact, ArtifactError
 from exports.whole_slice_maps import whole_slice_map
-from formats.artifact import MYOCARDIUM_TASK, Artifact, ArtifactError
 from quantification.aha_segments import (
     MIN_VALID_T1_IMAGES,
     MIN_VALID_T2_IMAGES,
@@ -126,7 +126,7 @@ class MappingError(ValueError):
 @dataclass(frozen=True)
 class MappingSettings:
     """Every threshold of the mapping pipeline (command-line flags of ``python -m exports
-    mapping``; defaults = SPEC B2/B4).
+    mapping``; defaults = docs/method.md §B2/B4).
 
     Attributes:
         max_eccentricity: QC, a valid mask has eccentricity below this.
@@ -148,11 +148,12 @@ class MappingSettings:
             volume; :func:`quantification.ecv.blood_pool_pixels`), input pixels.
         t1_sequence: ``"auto"`` (the slice attr ``sequence``; STONE when absent) or one of
             ``quantification.t1_sequences.T1_SEQUENCES`` for every slice (T1 and ECV).
-        t1_model: STONE's model: ``"t1_2p"`` (SPEC B2) or ``"t1_3p"``.
+        t1_model: STONE's model: ``"t1_2p"`` (docs/method.md §B2) or ``"t1_3p"``.
         t2_model: ``"t2_shared_offset"`` (default): ``A (exp(-TE/T2) + beta)`` with beta = B / A
             one value per slice (estimated from the mid-wall,
             ``relaxometry.estimate_offset_fraction``) and A, T2 per pixel, or ``"t2_3p"``
-            (SPEC B2): ``A exp(-TE/T2) + B`` with B free per pixel. With TE <= 60 ms a free B is
+            (method.md §B2): ``A exp(-TE/T2) + B`` with B free per pixel. With TE <= 60 ms a free B
+            is
             nearly degenerate with T2: its per-pixel SD is 1.5-2.5x the Cramer-Rao bound of
             that model at SNR 30 (and biased 8-27 %), while the shared offset reaches its bound
             (benchmarks/mapping_accuracy.py). It needs masks that follow the motion between
@@ -166,7 +167,8 @@ class MappingSettings:
         segment_fit: ``"pixel"``: segment and slice means of the pixel map; ``"roi"``: the fit
             of the mean signal of each segment's pixels, and of all analysed pixels for the
             slice mean (T1 and T2).
-        min_valid_t2, min_valid_t1: SPEC B4 slice success (valid images per acquisition; the T1
+        min_valid_t2, min_valid_t1: method.md §B4 slice success (valid images per acquisition; the
+        T1
             count is for 11 images and scales with the sequence's image count,
             ``aha_segments.valid_t1_images_needed``).
         mask_threshold: probability above which a pixel is myocardium (with a model).
@@ -212,7 +214,7 @@ class MappingSettings:
 
 @dataclass(frozen=True)
 class Acquisition:
-    """The weighted images of one slice in one modality (the mapping contract of DESIGN.md).
+    """The weighted images of one slice in one modality (the mapping contract of data_contracts.md).
 
     Attributes:
         case_id, slice_id: where it came from (for messages and outputs).
@@ -384,7 +386,7 @@ class SliceResult:
         values: float32 [H, W] the map in the reference image's pixels, NaN outside the analysed
             myocardium (all NaN for a failed slice).
         segments: float64 [16] mean per AHA segment (NaN where absent or failed).
-        success: SPEC B4 slice success.
+        success: docs/method.md §B4 slice success.
         reason: why it failed ("" on success).
         refined_images: replaced masks over all acquisitions of the slice.
         n_images: images over all acquisitions.

@@ -2,7 +2,7 @@
 
 Input: the images of one series and slice; ``image_index`` is the frame number, the frame time
 comes from ``acquisition_time_stamp`` (2.5 ms ticks) or ``physiology_time_stamp``
-(:func:`formats.mrd_images.frame_times_s`). Frames are [y, x] images with x the readout (RO) and
+(:func:`formats.mrd.images.frame_times_s`). Frames are [y, x] images with x the readout (RO) and
 y the phase encoding (E1): the AIF contract's [RO, E1] frame is the image transposed.
 
 JSON parameters: ``n_pd_frames`` (leading proton-density frames, default 0), ``time_source``
@@ -33,8 +33,8 @@ import numpy as np
 
 from exports.aif_pipeline import AIFResult
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
-from formats.mrd_images import TIME_SOURCES, aif_frames, derived_image
-from formats.mrd_stream import ImageMessage
+from formats.mrd.images import TIME_SOURCES, aif_frames, derived_image
+from formats.mrd.stream import ImageMessage
 from quantification.contours import mask_outlines
 from quantification.lv_mask import LABEL_LV, LABEL_RV
 

@@ -6,7 +6,7 @@ parameters as a text (5) if any, the images (1022) and a close (4); meanwhile re
 answers early (an error) is read while the images are still going out.
 
 Example:
-    >>> from formats.mrd_images import make_image
+    >>> from formats.mrd.images import make_image
     >>> frames = [make_image(f, image_index=t, acquisition_time_stamp=400 * t)
     ...           for t, f in enumerate(series)]  # doctest: +SKIP
     >>> result = run_session(("127.0.0.1", 9002), "inlinecmr_aif", frames,
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats.mrd_header import minimal_header_xml
-from formats.mrd_stream import (
+from formats.mrd.header import minimal_header_xml
+from formats.mrd.stream import (
     Close,
     ConfigFile,
     ConfigText,

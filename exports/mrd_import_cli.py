@@ -7,7 +7,7 @@
 
 Reads an MRD image file (as the scanner streams it and a server's "save data" stores it, or as
 python-ismrmrd-server's ``client.py`` reads and writes them) and writes the AIF or mapping
-contract (:mod:`formats.mrd_import`). The modality comes from ``--modality`` or the config
+contract (:mod:`formats.mrd.importer`). The modality comes from ``--modality`` or the config
 stored in the file. Exit status: 0 written, 2 unreadable input or data that breaks the contract.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from formats.mapping_contract import LEVELS
-from formats.mrd_file import MRDFileError
-from formats.mrd_images import TIME_SOURCES
-from formats.mrd_import import IMPORT_MODALITIES, MRDImportError, import_mrd_file
+from formats.mrd.file import MRDFileError
+from formats.mrd.images import TIME_SOURCES
+from formats.mrd.importer import IMPORT_MODALITIES, MRDImportError, import_mrd_file
 
 __all__ = ["add_mrd_import_parser", "run_mrd_import"]
 

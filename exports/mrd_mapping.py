@@ -2,7 +2,7 @@
 
 Input: the weighted images of one series (T1, T2) or of two series (ECV: native and
 post-contrast T1-weighted), grouped into slices by the header's ``slice``
-(:func:`formats.mrd_images.mapping_slices`). Relaxation times come from the image meta
+(:func:`formats.mrd.images.mapping_slices`). Relaxation times come from the image meta
 ``InversionTime`` (T1, ECV) or ``T2PrepDuration`` (T2), in ms, or from the JSON parameters.
 
 JSON parameters:
@@ -57,8 +57,8 @@ from exports.mrd_aif import roi_meta
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
 from exports.whole_slice_maps import whole_slice_map
 from formats.mapping_contract import LEVELS
-from formats.mrd_images import SliceImages, derived_image, mapping_slices, split_series
-from formats.mrd_stream import ImageMessage
+from formats.mrd.images import SliceImages, derived_image, mapping_slices, split_series
+from formats.mrd.stream import ImageMessage
 from quantification.ecv import ECV_RANGE_PERCENT, ecv_percent, restrict_to_range
 from quantification.t1_sequences import T1_SEQUENCES
 

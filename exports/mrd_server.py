@@ -5,7 +5,7 @@
     python -m exports serve [--host 127.0.0.1] [--port 9002] [--aif-model PATH]
                             [--myocardium-model PATH] [--max-sessions 2] [--threads 2]
 
-The models are loaded once at start (``formats.artifact.load_artifact``: sha256 verified), run
+The models are loaded once at start (``deployment.artifact.load_artifact``: sha256 verified), run
 once to warm up, and stay resident. ``--port 0`` binds a free port; the address is printed on
 stdout as ``listening on HOST:PORT``. Each connection is one session, served in its own thread,
 at most ``--max-sessions`` at a time (further connections wait in the listen queue):
@@ -25,7 +25,7 @@ frames, missing times, bad parameters, a model error, a timeout) end the session
 ``ERR <config>: <reason>`` and a close; the server then drains what the client still sends (for
 at most ``drain_s``, discarding it) so that the client can read the reply, and serves the next
 session. A client that disconnects mid-stream ends only its own session. Memory per session is
-bounded: each message by :class:`formats.mrd_stream.StreamLimits`, the images of a session by
+bounded: each message by :class:`formats.mrd.stream.StreamLimits`, the images of a session by
 ``max_session_bytes`` and ``max_images``; a session has an idle timeout and a deadline.
 
 Every session is logged (logger ``inlinecmr.mrd_server``): peer, config, outcome, images in and
@@ -52,14 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from deployment.artifact import AIF_TASK, MYOCARDIUM_TASK, ArtifactError, load_artifact
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import MyocardiumSegmenter
 from exports.mrd_aif import AIF_CONFIG, process_aif
 from exports.mrd_mapping import MAPPING_CONFIGS, process_mapping
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
-from formats.artifact import AIF_TASK, MYOCARDIUM_TASK, ArtifactError, load_artifact
-from formats.mrd_header import header_facts
-from formats.mrd_stream import (
+from formats.mrd.header import header_facts
+from formats.mrd.stream import (
     AcquisitionMessage,
     Close,
     ConfigFile,

@@ -17,7 +17,7 @@ from typing import Any
 
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import MyocardiumSegmenter
-from formats.mrd_stream import ImageMessage
+from formats.mrd.stream import ImageMessage
 
 __all__ = ["InlineModels", "Reply", "SessionError", "SessionParameters"]
 

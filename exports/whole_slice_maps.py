@@ -14,7 +14,7 @@ series. Per slice:
    (:mod:`quantification.t1_sequences`: STONE, MOLLI with the Look-Locker correction, ShMOLLI,
    SASHA), T2 with ``t2_model`` (default the offset B/A shared by the slice, estimated from up to
    :data:`OFFSET_PIXELS` pixels with signal, then two free parameters per pixel; ``"t2_3p"``: B
-   free per pixel, SPEC B2). Pixels whose fit fails (flat, non-convergent, no preparation,
+   free per pixel, method.md §B2). Pixels whose fit fails (flat, non-convergent, no preparation,
    T on the edge of the search range) are NaN.
 
 Importable with NumPy and SciPy only.
@@ -78,7 +78,7 @@ def _fit(
         used, source = resolve_t1_sequence(sequence, None)
         if source == "fallback":
             log.warning("whole-slice T1: sequence 'auto' and none known; fitted with the STONE "
-                        "model (SPEC B2)")  # fmt: skip
+                        "model (docs/method.md §B2)")  # fmt: skip
         return fit_t1_sequence(curves, times, used)
     if sequence not in ("auto", "t2prep"):
         raise ValueError(f"T2 maps are fitted from T2-prepared images; got sequence {sequence!r}")

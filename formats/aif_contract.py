@@ -1,4 +1,4 @@
-"""Reader for the AIF perfusion HDF5 data contract (docs: DESIGN.md, "Data contract").
+"""Reader for the AIF perfusion HDF5 data contract (docs/data_contracts.md).
 
 One file per data set; every top-level group is a case::
 
@@ -15,7 +15,7 @@ One file per data set; every top-level group is a case::
                           the source frames); transposed (bool: frames stored [columns, rows] of
                           the DICOM images, so that RO comes first); times_source, pd_frames,
                           pixel_scaling, identifiers, label_source (str); see
-                          :mod:`formats.dicom_import`
+                          :mod:`formats.dicom.importer`
 
 Extra datasets and attrs are allowed and ignored (phantoms add ``truth_*`` datasets).
 ``times_s`` may also be float64 (more precision is harmless); ``series`` must be float32 and

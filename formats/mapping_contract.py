@@ -1,4 +1,4 @@
-"""Reader for the myocardial mapping HDF5 data contract (docs: DESIGN.md, "Data contract").
+"""Reader for the myocardial mapping HDF5 data contract (docs/data_contracts.md).
 
 One file per modality; top-level groups are cases, their sub-groups are slices::
 

@@ -1,4 +1,5 @@
-"""Segmentation losses: cross-entropy minus a weighted log soft-IoU (SPEC A5, TernausNet style).
+"""Segmentation losses: cross-entropy minus a weighted log soft-IoU (method.md §A5, TernausNet
+style).
 
     L = ce_weight · CE − iou_weight · mean_c log J_c,
     J_c = Σ_i y_ic ŷ_ic / Σ_i (y_ic + ŷ_ic − y_ic ŷ_ic),
@@ -11,7 +12,7 @@ imbalance of a blood pool of 25–65 pixels in a 64×48 image.
 
 Why this loss is ours and not MONAI's: MONAI has no −log soft-IoU loss. Its closest,
 ``DiceLoss(jaccard=True, batch=True)``, is ``1 − J``, whose gradient lacks the ``1/J`` factor of
-``−log J`` (SPEC A5's form, which pushes hardest where the overlap is poor). The
+``−log J`` (docs/method.md §A5's form, which pushes hardest where the overlap is poor). The
 myocardium loss, :class:`DiceCrossEntropyLoss`, takes its Dice term from MONAI (same values,
 measured; see its docstring).
 """
@@ -108,7 +109,7 @@ class CrossEntropySoftIoULoss(nn.Module):
 class DiceCrossEntropyLoss(nn.Module):
     """``ce_weight·CE + dice_weight·(1 − mean soft Dice)`` for a multi-channel softmax head.
 
-    Used for myocardium segmentation (SPEC B3/C9): the head has one logit per class (2 for
+    Used for myocardium segmentation (method.md §B3/C9): the head has one logit per class (2 for
     background/myocardium) and a softmax, so cross-entropy is well defined. (Cross-entropy over a
     single output channel is identically zero after a softmax — the pitfall this avoids.) The soft
     Dice is computed per image and per foreground class, then averaged: a thin ring of ~5 % of the

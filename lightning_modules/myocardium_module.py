@@ -1,4 +1,4 @@
-"""LightningModule for myocardium segmentation in weighted T1/T2 images (SPEC B2-B3).
+"""LightningModule for myocardium segmentation in weighted T1/T2 images (docs/method.md §B2-B3).
 
 Batches are ``{"image": float [B, 1, 256, 256], "mask": int [B, 256, 256], ...}`` (label 1 =
 myocardium, 0 = background). The network outputs one logit per class and the loss is Dice +

@@ -1,7 +1,7 @@
 """LightningModule for AIF LV detection, 2CS (sigmoid) or 3CS (softmax).
 
 Validation and test metrics are per case, computed after the post-processing the inline runtime
-uses (``quantification.lv_mask``: threshold rule of SPEC A6, then the largest LV component):
+uses (``quantification.lv_mask``: threshold rule of method.md §A6, then the largest LV component):
 LV Dice mean ± SD, detection rate (LV Dice > 0.5), share with LV Dice > 0.75, and RV Dice for
 3CS; boundary distances of the LV (and RV) masks (``lightning_modules.boundary_metrics``, MONAI):
 ``<stage>/lv_hd95_px``, ``lv_assd_px`` (mean over the cases where both masks exist, ``_sd``

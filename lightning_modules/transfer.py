@@ -1,8 +1,10 @@
 """Transfer learning: initialise a network from pretrained weights, freeze levels, split the LR.
 
-SPEC B3: FT-T2 and FT-post start from the weights of N0 (the native-T1 U-Net) and are refined on
+method.md §B3: FT-T2 and FT-post start from the weights of N0 (the native-T1 U-Net) and are refined
+on
 T2-weighted or post-contrast T1-weighted images. The paper does not say which layers were frozen
-or which learning rates were used (SPEC C9), so all of it is configurable (``conf/finetune/``):
+or which learning rates were used (method.md §C9), so all of it is configurable
+(``conf/finetune/``):
 
 - ``pretrained``: a Lightning checkpoint (``.ckpt``, read with ``weights_only=True``; the tensors
   under ``state_dict["net."…]``) or an exported TorchScript artifact (``.ts``, its ``state_dict``;
@@ -137,7 +139,7 @@ def read_pretrained_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             )
         return state
     if path.suffix == ".ts":
-        from formats.artifact import quiet_torchscript_deprecation
+        from deployment.artifact import quiet_torchscript_deprecation
 
         try:
             with quiet_torchscript_deprecation():

@@ -1,4 +1,4 @@
-"""AHA 16-segment model, automatic RV insertion point, and the success rules of SPEC B4.
+"""AHA 16-segment model, automatic RV insertion point, and the success rules of docs/method.md §B4.
 
 Angles are in degrees, counter-clockwise from the +column axis about the LV (myocardial) centre
 with rows pointing down (the phantom's ``rv_insertion_deg`` convention; anterior = up = 90 deg in
@@ -31,7 +31,8 @@ error of the anterior point 11-14 deg on basal and mid slices (the band misses t
 the RV crescent, so the arc comes out short), 1 in 8 beyond 30 deg; apical slices (small RV)
 are often not found (None) or wrong. Prefer given (manual) points when available.
 
-Summaries (SPEC B4): slice success = enough valid images (>= 6 T2-weighted; >= 8 native and >= 8
+Summaries (method.md §B4): slice success = enough valid images (>= 6 T2-weighted; >= 8 native and
+>= 8
 post-contrast T1-weighted for ECV); patient success = at least one successful basal, mid and
 apical slice; patient value = mean of the myocardial pixels of its successful slices; segment
 value = mean of the myocardial pixels of that segment.
@@ -70,12 +71,13 @@ N_SEGMENTS = 16
 LEVEL_SEGMENTS = {"basal": range(1, 7), "mid": range(7, 13), "apical": range(13, 17)}
 """AHA segment numbers present at each level."""
 MIN_VALID_T2_IMAGES = 6
-"""SPEC B4: a T2 slice succeeds with at least this many valid T2-weighted images."""
+"""docs/method.md §B4: a T2 slice succeeds with at least this many valid T2-weighted images."""
 MIN_VALID_T1_IMAGES = 8
-"""SPEC B4: an ECV slice needs at least this many valid native AND post-contrast images (of the
+"""method.md §B4: an ECV slice needs at least this many valid native AND post-contrast images (of
+the
 11 STONE images; other image counts: :func:`valid_t1_images_needed`)."""
 SPEC_T1_IMAGES = 11
-"""Images per T1 acquisition in the paper (STONE, SPEC B1), the count ``MIN_VALID_T1_IMAGES``
+"""Images per T1 acquisition in the paper (STONE, method.md §B1), the count ``MIN_VALID_T1_IMAGES``
 refers to."""
 
 _BASAL_ORDER = np.array([2, 3, 4, 5, 6, 1])  # 60-deg sectors from the anterior insertion point
@@ -234,13 +236,15 @@ def estimate_rv_insertion(
 
 
 def slice_success(n_valid: int | Iterable[int], minimum: int) -> bool:
-    """SPEC B4 slice success: every count in ``n_valid`` (one per acquisition) >= ``minimum``."""
+    """method.md §B4 slice success: every count in ``n_valid`` (one per acquisition) >=
+    ``minimum``."""
     counts = [n_valid] if isinstance(n_valid, int) else list(n_valid)
     return all(int(c) >= minimum for c in counts)
 
 
 def valid_t1_images_needed(n_images: int, minimum: int = MIN_VALID_T1_IMAGES) -> int:
-    """Valid images a T1 acquisition of ``n_images`` needs: SPEC B4's ``minimum`` of the 11 STONE
+    """Valid images a T1 acquisition of ``n_images`` needs: method.md §B4's ``minimum`` of the 11
+    STONE
     images, scaled to the sequence's image count (the same share, rounded up).
 
     Example:
@@ -251,5 +255,5 @@ def valid_t1_images_needed(n_images: int, minimum: int = MIN_VALID_T1_IMAGES) ->
 
 
 def patient_success(successful_levels: Iterable[str]) -> bool:
-    """SPEC B4 patient success: at least one successful basal, mid and apical slice."""
+    """docs/method.md §B4 patient success: at least one successful basal, mid and apical slice."""
     return {"basal", "mid", "apical"} <= set(successful_levels)

@@ -1,6 +1,8 @@
-"""AIF signal from an LV mask, and the first-pass features of the curve (SPEC A6, A7, decision C6).
+"""AIF signal from an LV mask, and the first-pass features of the curve (method.md §A6, A7,
+decision C6).
 
-NumPy + SciPy only (runs on the scanner). Curves live on the uniform 0.5 s grid of SPEC A2: sample
+NumPy + SciPy only (runs on the scanner). Curves live on the uniform 0.5 s grid of method.md §A2:
+sample
 ``i`` is at ``i * step_s`` seconds from the start of the grid, and all times below are in seconds
 on that clock.
 
@@ -36,7 +38,7 @@ Feature definitions (the papers leave them open; these are the ones implemented)
   of the washout tail ends the first pass, i.e. where the curve is back to baseline.
 * first-pass duration = valley - foot.
 * AUC: the plain **sum** of ``curve - baseline`` over the samples with ``foot <= t <= valley``,
-  in (normalised signal)·sample. The paper's AUC of ~6 for peak values ~0.385 (SPEC A7 [D]) is
+  in (normalised signal)·sample. The paper's AUC of ~6 for peak values ~0.385 (method.md §A7 [D]) is
   only consistent with such a sum of 0.5 s samples, not with an integral in seconds (which would be
   half as large); ``auc_s = auc * step_s`` is the rectangle-rule integral in signal·s.
 """
@@ -50,7 +52,8 @@ from scipy import ndimage
 
 
 def aif_curve(series: np.ndarray, lv_mask: np.ndarray, keep_fraction: float = 0.15) -> np.ndarray:
-    """AIF time-intensity curve from the LV blood pool, with the partial-volume rule of SPEC A6.
+    """AIF time-intensity curve from the LV blood pool, with the partial-volume rule of method.md
+    §A6.
 
     The peak-enhancement frame is the frame in which the mean signal over the LV mask is maximal
     (first one on ties). At that frame the LV pixels are ranked by intensity and the brightest

@@ -1,4 +1,5 @@
-"""AIF perfusion series preprocessing, shared by training and the scanner-side runtime (SPEC A2).
+"""AIF perfusion series preprocessing, shared by training and the scanner-side runtime (method.md
+§A2).
 
 NumPy only (no torch, Lightning, Hydra; not even SciPy, whose ``ndimage`` import alone costs
 ~200 ms of the scanner-side model load): the Gaussian filter is a small separable matrix product
@@ -18,7 +19,8 @@ Pipeline of :func:`preprocess_aif_series`, input ``series`` float [T, RO, E1] (P
    the normalised sensitivity map ``s = max(G_sigma(mean PD) / max(G_sigma(mean PD)), floor)``,
    where ``G_sigma`` is a Gaussian filter of ``coil_smoothing_px`` pixels. The map is constant in
    time and interpolation is linear, so dividing after resampling gives exactly the same result
-   as SPEC A2's "correct, then resample" while touching only ``n_frames`` frames. The floor stops
+   as method.md §A2's "correct, then resample" while touching only ``n_frames`` frames. The floor
+   stops
    air/lung pixels (PD ~ noise) from being amplified by more than ``1 / floor``.
 4. Exactly ``n_frames`` frames: truncate, or pad by repeating the last frame.
 5. Optional (``subtract_baseline``): subtract from every pixel its pre-contrast baseline, the
@@ -26,7 +28,7 @@ Pipeline of :func:`preprocess_aif_series`, input ``series`` float [T, RO, E1] (P
    bright tissue is before the bolus depends on the sequence (saturation time, saturation
    efficiency, single-bolus vs dual-sequence images: from ~0 to a fifth of the blood peak) and
    on the coil; the enhancement's timing is what tells the LV from the RV. Not in the paper's
-   recipe (SPEC A2); measured on out-of-distribution families (README, "Generalisation").
+   recipe (docs/method.md §A2); measured on out-of-distribution families (README, "Generalisation").
 6. Centre crop/pad RO to ``ro_size`` and E1 to ``e1_size`` (zero padding).
 7. Divide by the maximum of the result (``scale``), so the network input lies in [.., 1].
 """
@@ -61,7 +63,7 @@ class AIFPreprocessing:
     """Parameters of the AIF preprocessing (exported with the model; the runtime must match).
 
     Attributes:
-        grid_step_s: temporal grid step in seconds (SPEC A2: 0.5 s).
+        grid_step_s: temporal grid step in seconds (docs/method.md §A2: 0.5 s).
         n_frames: number of output frames = network input channels (64).
         ro_size: output readout size in pixels (64).
         e1_size: output phase-encode size in pixels (48).

@@ -1,4 +1,5 @@
-"""Receive-coil shading under motion: per-image gains from the coil's gradient (SPEC B2 step 5).
+"""Receive-coil shading under motion: per-image gains from the coil's gradient (method.md §B2 step
+5).
 
 The receive-coil sensitivity ``C(r)`` is fixed to the scanner while the heart moves between the
 weighted images of a slice. After the images are aligned on the myocardium (polar resampling),

@@ -1,4 +1,5 @@
-"""Blood T1, extracellular volume (ECV), boundary pruning and valid ranges (SPEC B2 steps 6-8).
+"""Blood T1, extracellular volume (ECV), boundary pruning and valid ranges (method.md §B2 steps
+6-8).
 
 - Blood pool: a disc of radius 5 px (in the pixels of the input images, not the 256 x 256 grid
   of the network) centred on the myocardial centroid of each T1-weighted image, fitted with the
@@ -9,7 +10,7 @@
   the paper's mean of the disc signal (``statistic="mean"``) biased blood T1 by up to -5 %
   native and +5 % post (ECV +2 points) on the phantoms, the median of the disc signal
   (``"median"``) still by up to -2 % / +1.8 % (ECV +0.8 points).
-- ECV (standard formula, SPEC B2 step 7), in percent::
+- ECV (standard formula, docs/method.md §B2 step 7), in percent::
 
       ECV = 100 (1 - Hct) (1/T1_myo,post - 1/T1_myo,native) / (1/T1_blood,post - 1/T1_blood,native)
 
@@ -17,7 +18,7 @@
 - Pruning: the endocardial and epicardial boundary pixels (partial volume with blood or fat)
   are removed by a binary erosion of the analysed myocardium with the 4-neighbour cross,
   ``width_px`` times (a pixel is kept only if all its 4-neighbours are myocardium).
-- Valid ranges: T2 in [30, 100] ms and ECV in [10, 60] % (SPEC B2), T1 maps in [50, 3000] ms
+- Valid ranges: T2 in [30, 100] ms and ECV in [10, 60] % (method.md §B2), T1 maps in [50, 3000] ms
   (native and post-contrast myocardium); values outside become NaN.
 
 Pure NumPy/SciPy; importable without Lightning, Hydra or W&B.
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 BLOOD_DISC_RADIUS_PX = 5.0
-"""Radius of the blood-pool disc at the myocardial centroid, input pixels (SPEC B2 step 6)."""
+"""Radius of the blood-pool disc at the myocardial centroid, input pixels (method.md §B2 step 6)."""
 BLOOD_MARGIN_PX = 2.0
 """Blood-pool pixels lie more than this from the myocardium mask (partial volume), input px."""
 T1_RANGE_MS = (50.0, 3000.0)

@@ -1,4 +1,5 @@
-"""The myocardium U-Net's input grid (SPEC B1, "all images -> 256x256, bicubic"; SPEC C10).
+"""The myocardium U-Net's input grid (method.md §B1, "all images -> 256x256, bicubic"; method.md
+§C10).
 
 A native weighted image [H, W] (any in-plane size) is normalised per image (percentiles -> 0, 1,
 clipped) and resized bicubically to size x size (256): stretched (``keep_aspect=False``, the

@@ -1,4 +1,5 @@
-"""The legacy (pre-CNN) AIF LV detector of SPEC A3: baseline and bootstrap labeller. NumPy + SciPy.
+"""The legacy (pre-CNN) AIF LV detector of method.md §A3: baseline and bootstrap labeller. NumPy +
+SciPy.
 
 The paper gives only the steps; the thresholds and features below are this project's choices
 (decision C8), each a field of :class:`LegacyDetectorSettings`:
@@ -66,7 +67,7 @@ class LegacyDetectorSettings:
         n_blood_clusters: k of the k-means inside the LV cluster (paper: 4).
         smooth_s: Gaussian smoothing of the curves in time, seconds (SD).
         baseline_s: the first this-many seconds of the grid give the pre-contrast baseline.
-        grid_step_s: temporal grid, seconds (SPEC A2: 0.5).
+        grid_step_s: temporal grid, seconds (docs/method.md §A2: 0.5).
         coil_smoothing_px: Gaussian sigma of the PD coil map, pixels.
         coil_floor: floor of the normalised coil map (as in the network's preprocessing).
         min_pixels: fewer enhancing pixels than this -> no detection (empty mask).
@@ -196,7 +197,7 @@ def detect_lv_legacy(
     n_pd_frames: int,
     settings: LegacyDetectorSettings = LegacyDetectorSettings(),  # noqa: B008 (frozen)
 ) -> LegacyDetection:
-    """Find the LV (and RV) blood pool of one AIF series without a network (SPEC A3).
+    """Find the LV (and RV) blood pool of one AIF series without a network (docs/method.md §A3).
 
     Args:
         series: float [T, RO, E1] motion-corrected frames, PD frames first.

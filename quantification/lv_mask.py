@@ -1,4 +1,4 @@
-"""Network probability maps -> LV / RV masks (SPEC A6, decision C3). NumPy + SciPy only.
+"""Network probability maps -> LV / RV masks (docs/method.md §A6, decision C3). NumPy + SciPy only.
 
 Connectivity: every connected-component operation here uses **8-connectivity** (pixels that touch
 by an edge or a corner belong to the same component), through ``STRUCTURE_8``. The authors' code
@@ -7,7 +7,8 @@ two agree except where blobs touch only diagonally, which 8-connectivity counts 
 
 Why this is ours and not MONAI's post-transforms (``KeepLargestConnectedComponent``): the module
 runs on the scanner side, which must not import MONAI (nor scikit-image, which MONAI's transform
-needs), and it serves training and runtime alike so the two cannot disagree; SPEC A6's adaptive
+needs), and it serves training and runtime alike so the two cannot disagree; method.md §A6's
+adaptive
 threshold rule (raise ``t`` until one blob) has no MONAI counterpart. Measured on 500 seeded 64×48
 blob masks (``benchmarks/monai_equivalence.py``, 2 threads of an AMD EPYC Zen 3): MONAI's
 transform with 8-connectivity keeps the same component in 492 of 500; the 8 others are ties of
@@ -52,7 +53,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def lv_mask_from_probability(
     p_lv: np.ndarray, start: float = 0.5, step: float = 0.01, stop: float = 0.99
 ) -> tuple[np.ndarray, float]:
-    """Adaptive relative threshold of an LV probability map (SPEC A6, rule [C]).
+    """Adaptive relative threshold of an LV probability map (docs/method.md §A6, rule [C]).
 
     For ``t = start, start + step, ...`` up to and including ``stop`` (thresholds are computed as
     ``start + k * step``, no accumulated float drift) the candidate mask is ``p > t * max(p)``;
@@ -156,6 +157,7 @@ def _threshold_rule() -> dict:
 
 
 THRESHOLD_RULE: dict = _threshold_rule()
-"""Post-processing of SPEC A6 as implemented here (read from the code's defaults, so an artifact's
+"""Post-processing of method.md §A6 as implemented here (read from the code's defaults, so an
+artifact's
 metadata and the implementation cannot drift). The AIF runtime refuses an artifact exported with
 another rule."""

@@ -1,4 +1,5 @@
-"""Replacement of failed myocardium segmentations by valid ones of the same slice (SPEC B2 step 3).
+"""Replacement of failed myocardium segmentations by valid ones of the same slice (method.md §B2
+step 3).
 
 Method: **mask-moment affine alignment** (chosen over intensity-based registration because the
 images of one slice have very different contrast - T2-prep echoes, and inversion times on both

@@ -1,4 +1,4 @@
-"""Shape quality control of a myocardium segmentation (SPEC B2 steps 1-2).
+"""Shape quality control of a myocardium segmentation (docs/method.md §B2 steps 1-2).
 
 A segmentation of one short-axis image is kept as its largest connected object and is *valid*
 when it is one closed ring: Euler number 0 (one object with one hole) and eccentricity below
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 MAX_ECCENTRICITY = 0.65
-"""QC threshold: a valid myocardium has eccentricity strictly below this (SPEC B2)."""
+"""QC threshold: a valid myocardium has eccentricity strictly below this (docs/method.md §B2)."""
 REQUIRED_EULER_NUMBER = 0
 """QC rule: a valid myocardium is one ring (1 object - 1 hole)."""
 
@@ -136,7 +136,7 @@ def shape_qc(
     required_euler_number: int = REQUIRED_EULER_NUMBER,
     min_area_px: int = 20,
 ) -> ShapeQC:
-    """Keep the largest object of a segmentation and apply the QC rule of SPEC B2.
+    """Keep the largest object of a segmentation and apply the QC rule of docs/method.md §B2.
 
     Args:
         mask: [H, W] segmentation (non-zero = myocardium).

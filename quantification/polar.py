@@ -1,4 +1,4 @@
-"""Polar resampling of the myocardium about its centroid (SPEC B2 step 4) and the inverse map.
+"""Polar resampling of the myocardium about its centroid (method.md §B2 step 4) and the inverse map.
 
 Each image of a slice is resampled on a uniform grid of ``n_angles`` angles x ``n_depth``
 transmural depths *within its own myocardial mask*: angle bin ``a`` is centred on

@@ -1,4 +1,4 @@
-"""Vectorised pixel-wise relaxometry fits (SPEC B2 step 5): T2 three-parameter, T1 two- and
+"""Vectorised pixel-wise relaxometry fits (method.md §B2 step 5): T2 three-parameter, T1 two- and
 three-parameter from magnitude images with polarity restoration.
 
 Models (times in ms, signals in arbitrary scanner units):
@@ -597,7 +597,7 @@ def fit_t1(
         signals: float [N, *S] magnitude (or signed: the absolute value is used, except with
             ``restore_polarity=False``).
         ti_ms: float [N] inversion times in ms (any order).
-        model: ``"t1_2p"`` ``|A(1 - 2 exp(-TI/T1))|`` (default, SPEC B2) or ``"t1_3p"``
+        model: ``"t1_2p"`` ``|A(1 - 2 exp(-TI/T1))|`` (default, docs/method.md §B2) or ``"t1_3p"``
             ``|A - B exp(-TI/T1)|``.
         restore_polarity: ``t1_3p`` only: False fits ``A - B exp(-TI/T1)`` to the signal as it
             is, signs included (a saturation recovery, SASHA; or signals whose signs are

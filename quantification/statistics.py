@@ -1,4 +1,5 @@
-"""Agreement statistics of the source papers (SPEC A7, B4): paired tests, correlation, regression,
+"""Agreement statistics of the source papers (method.md §A7, B4): paired tests, correlation,
+regression,
 Bland-Altman, sensitivity/specificity. NumPy + SciPy only.
 
 Tests, correlation and regression come from ``scipy.stats``; only Bland-Altman (which SciPy does
@@ -175,7 +176,7 @@ class DiagnosticAccuracy:
 
 
 def diagnostic_accuracy(auto: np.ndarray, ref: np.ndarray, threshold: float) -> DiagnosticAccuracy:
-    """Sensitivity and specificity of ``auto >= threshold`` for ``ref >= threshold`` (SPEC B4:
+    """Sensitivity and specificity of ``auto >= threshold`` for ``ref >= threshold`` (method.md §B4:
     T2 >= 58 ms, ECV >= 29 %)."""
     a, r = _pair(auto, ref, 1, "sensitivity/specificity")
     pos_a, pos_r = a >= threshold, r >= threshold
@@ -211,7 +212,8 @@ class PairedAgreement:
 
 
 def paired_agreement(auto: np.ndarray, ref: np.ndarray, test: str = "wilcoxon") -> PairedAgreement:
-    """Mean ± SD of both, the paired test P (``"wilcoxon"`` as in SPEC B4, or ``"t-test"`` as in
+    """Mean ± SD of both, the paired test P (``"wilcoxon"`` as in method.md §B4, or ``"t-test"`` as
+    in
     A7), Pearson R with 95 % CI, regression slope with 95 % CI, Bland-Altman, mean % difference.
 
     Needs N >= 2.

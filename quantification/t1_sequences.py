@@ -2,7 +2,7 @@
 :mod:`quantification.relaxometry` (every pixel at once; times in ms, signals in scanner units).
 
 - ``stone``: ``|A (1 - 2 exp(-TI/T1))|``, two parameters, ideal inversion, magnitude data with
-  polarity restoration (SPEC B2; the STONE sequence: Weingaertner S, Roujol S, Akcakaya M,
+  polarity restoration (method.md §B2; the STONE sequence: Weingaertner S, Roujol S, Akcakaya M,
   Basha TA, Nezafat R. Free-breathing multislice native myocardial T1 mapping using the
   slice-interleaved T1 (STONE) sequence. Magn Reson Med 2015;74:115-124). ``stone_model="t1_3p"``
   fits ``|A - B exp(-TI/T1)|`` instead (imperfect inversion, T1 of the exponential).
@@ -94,7 +94,7 @@ def resolve_t1_sequence(requested: str, attr: str | None) -> tuple[str, str]:
 
     Returns:
         (model, source): source ``"flag"`` (given explicitly), ``"file"`` (from the attr) or
-        ``"fallback"`` (auto without an attr: STONE, SPEC B2).
+        ``"fallback"`` (auto without an attr: STONE, docs/method.md §B2).
 
     Raises:
         ValueError: an unknown request, or ``auto`` on a slice whose attr names no T1 sequence
@@ -208,7 +208,7 @@ def fit_t1_sequence(
         times_ms: float [N] inversion (STONE, MOLLI, ShMOLLI) or saturation (SASHA; ``+inf`` for
             the non-saturated image) times in ms, any order (ShMOLLI: its 7 images).
         sequence: one of :data:`T1_SEQUENCES`.
-        stone_model: STONE's model, ``"t1_2p"`` (SPEC B2) or ``"t1_3p"``.
+        stone_model: STONE's model, ``"t1_2p"`` (docs/method.md §B2) or ``"t1_3p"``.
         **solver: passed to :func:`quantification.relaxometry.fit_t1` (``t_min_ms``,
             ``t_max_ms``, ``n_grid``, ``n_refine``, ``flat_tolerance``, ``chunk``); the search
             range is that of the fitted exponential (T1* for MOLLI and ShMOLLI).

@@ -9,18 +9,16 @@ sweep, :class:`SweepPromotion` (a Hydra callback, ``conf/hydra/default.yaml``) a
   that would deploy it.
 - ``best``: for each deployed name (a sweep over ``model=`` has several), the job with the best
   ``optimized_metric`` (its ``metrics.json``; ``sweep_promotion_mode`` max or min; ties go to
-  the lowest job number) is promoted through the artifact index (:mod:`formats.artifact_index`).
+  the lowest job number) is promoted through the artifact index (:mod:`deployment.artifact_index`).
   Jobs without a finite metric, and exports of check runs, are left out.
 
-``python -m sweeps.promotion TARGET`` (``make promote RUN=TARGET``) deploys a run directory, an
-exported ``.ts`` or ``NAME@VERSION`` (a roll back) as ``python -m exports promote`` does, and
-also logs the promoted file to W&B with the alias ``best`` when its run used W&B
-(:mod:`callbacks.wandb_model_artifact`).
+``python -m sweeps.promotion TARGET`` (``make promote RUN=TARGET``) runs ``inline-cmr promote``
+(:mod:`deployment.cli`) and also logs the promoted file to W&B with the alias ``best`` when its
+run used W&B (:mod:`callbacks.wandb_model_artifact`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -33,8 +31,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.wandb_model_artifact import log_promotion
-from formats.artifact import ArtifactError, read_metadata
-from formats.artifact_index import ArtifactIndex, default_artifacts_dir
+from deployment import cli as deployment_cli
+from deployment.artifact import read_metadata
+from deployment.artifact_index import ArtifactIndex
 from sweeps.run_summary import RECORD_NAME, read_run_record
 
 log = logging.getLogger(__name__)
@@ -191,32 +190,10 @@ class SweepPromotion(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``make promote RUN=<run dir | .ts | NAME@VERSION>``: deploy it, and move W&B's ``best``."""
-    parser = argparse.ArgumentParser(prog="python -m sweeps.promotion", description=main.__doc__)
-    parser.add_argument("target", help="run directory, exported .ts, or NAME@VERSION (roll back)")
-    parser.add_argument("--name", help="deployed name (default: the .ts file's stem)")
-    parser.add_argument(
-        "--artifacts-dir",
-        type=Path,
-        default=None,
-        help="artifacts folder (default: $INLINE_CMR_ARTIFACTS or ./artifacts of the repository)",
-    )
-    parser.add_argument(
-        "--allow-check-run",
-        action="store_true",
-        help="deploy even an export of a check run (fast_dev_run, debug=*)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    index = ArtifactIndex(args.artifacts_dir or default_artifacts_dir())
-    try:
-        version = index.promote_target(args.target, args.name, allow_check_run=args.allow_check_run)
-    except ArtifactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Deployed {version.label} at {index.stable_path(version.name)}")
-    log_promotion(version)
-    return 0
+    """``make promote RUN=<run dir | .ts | NAME@VERSION>``: ``deployment.cli``'s ``promote``, and
+    W&B's ``best`` alias moved to the promoted file when its run used W&B."""
+    return deployment_cli.main(["promote", *(sys.argv[1:] if argv is None else argv)],
+                               on_promoted=(log_promotion,))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from callbacks.export import export_artifact
+from deployment.exporter import export_artifact
 from exports.mrd_server import InlineServer, ServerSettings
 from exports.mrd_session import InlineModels
-from formats.mrd_images import TICK_S, make_image
-from formats.mrd_meta import format_meta
-from formats.mrd_stream import ImageMessage
+from formats.mrd.images import TICK_S, make_image
+from formats.mrd.meta import format_meta
+from formats.mrd.stream import ImageMessage
 from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 
 MIDNIGHT_OFFSET_TICKS = 13_000_000

@@ -1,4 +1,4 @@
-"""AHA 16 segments from the RV insertion point, RV-based estimation, and SPEC B4 rules."""
+"""AHA 16 segments from the RV insertion point, RV-based estimation, and method.md §B4 rules."""
 
 from __future__ import annotations
 

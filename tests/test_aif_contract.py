@@ -1,4 +1,4 @@
-"""The AIF HDF5 data contract (DESIGN.md): scanning, reading, and the lazy Dataset."""
+"""The AIF HDF5 data contract (docs/data_contracts.md): scanning, reading, and the lazy Dataset."""
 
 import pickle
 from collections.abc import Callable

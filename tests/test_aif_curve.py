@@ -87,7 +87,7 @@ def test_batch_matches_single_curves():
 
 
 def test_auc_is_a_sum_of_samples_of_paper_size():
-    # a typical clinical AIF: foot ~14 s, peak ~18 s, peak value ~0.385 (SPEC A7)
+    # a typical clinical AIF: foot ~14 s, peak ~18 s, peak value ~0.385 (docs/method.md §A7)
     curve = 0.02 + 0.365 * gamma_variate(T, 13.5, 3.0, 1.5) + 0.1 * gamma_variate(T, 22.0, 3.0, 2.5)
     f = aif_features(curve)
     assert 13.0 <= f.foot_s <= 15.0 and f.peak_s == 18.0

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.export import export_artifact
 from datamodules.aif_augmentation import AIFAugmentation, AIFTrainingTransform
 from datamodules.synthetic.aif_phantom import CLASSIC, write_aif_phantoms
-from evaluate import evaluate
+from deployment.exporter import export_artifact
 from evaluation.independent_aif_phantom import write_independent_phantoms
+from evaluation.tasks import evaluate
 from exports import AIFInputError, AIFPipeline, load_artifact
 from exports.__main__ import main as cli
 from formats.aif_contract import read_aif_case, scan_aif_file

@@ -1,4 +1,5 @@
-"""AIF preprocessing (SPEC A2): resampling, frame count, crop/pad geometry, coil correction."""
+"""AIF preprocessing (method.md §A2): resampling, frame count, crop/pad geometry, coil
+correction."""
 
 import subprocess
 import sys

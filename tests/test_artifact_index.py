@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.export import export_artifact
-from exports import ArtifactError, load_artifact
-from exports.__main__ import main as exports_main
-from formats.artifact_index import (
+from deployment.artifact_index import (
     ARTIFACTS_DIR_ENV,
     ArtifactIndex,
     ArtifactIndexError,
     file_sha256,
     resolve_artifact,
 )
+from deployment.exporter import export_artifact
+from exports import ArtifactError, load_artifact
+from exports.__main__ import main as exports_main
 from lightning_modules.networks.resunet import ResUNet
 from quantification.aif_preprocessing import AIFPreprocessing
 from tests.conftest import ROOT
@@ -202,11 +202,29 @@ def test_cli_promote_list_and_roll_back(runs, tmp_path, capsys):
     assert "not a run directory, an exported .ts file or NAME@VERSION" in capsys.readouterr().err
 
 
+def test_rollback_deploys_the_version_before_the_current_one(runs, tmp_path, capsys):
+    from deployment.cli import main as deployment_main
+
+    artifacts = ["--artifacts-dir", str(tmp_path / "artifacts")]
+    assert deployment_main(["rollback", NAME, *artifacts]) == 2  # nothing deployed yet
+    assert f"no artifact named {NAME!r}" in capsys.readouterr().err
+    assert deployment_main(["promote", str(runs[0]), *artifacts]) == 0
+    assert deployment_main(["rollback", NAME, *artifacts]) == 2  # the only version ever deployed
+    assert "nothing to roll back to" in capsys.readouterr().err
+    for run in runs[1:]:
+        assert deployment_main(["promote", str(run), *artifacts]) == 0
+    assert deployment_main(["rollback", NAME, *artifacts]) == 0
+    assert f"Rolled back: {NAME}@2 is deployed" in capsys.readouterr().out
+    index = ArtifactIndex(tmp_path / "artifacts")
+    assert file_sha256(index.stable_path(NAME)) == file_sha256(runs[1])
+    assert index.promotions(NAME)[-1]["reason"] == f"roll back from {NAME}@3"
+
+
 KILLED_DEPLOYMENT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from formats.artifact_index import ArtifactIndex
+    from deployment.artifact_index import ArtifactIndex
 
     replace, hang_at = os.replace, Path(sys.argv[3])
 

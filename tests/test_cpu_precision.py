@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from formats import cpu_info
+from deployment import cpu_info
 from train import resolve_precision, train
 
 ZEN3 = cpu_info.probe_cpu(("AMD EPYC 7B13", {"avx2", "fma"}), "AVX2", mkldnn_bf16=False)

@@ -20,7 +20,7 @@ import torch
 from benchmarks import train_throughput as bench
 from callbacks.channels_last import ChannelsLast
 from datamodules.aif_datamodule import AIFDataModule
-from formats.cpu_info import CPUInfo, host_cpu
+from deployment.cpu_info import CPUInfo, host_cpu
 from tests.conftest import ROOT, TINY, compose_train_config
 from train import train
 

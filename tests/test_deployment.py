@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from formats.artifact import read_metadata
-from formats.artifact_index import ArtifactIndex, file_sha256
+from deployment.artifact import read_metadata
+from deployment.artifact_index import ArtifactIndex, file_sha256
 from sweeps.promotion import main as promote_main
 from sweeps.run_summary import read_run_record
 from tests.conftest import TINY, compose_train_config

@@ -15,10 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from callbacks.export import export_artifact
 from datamodules.mapping_datamodule import MappingDataModule
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
-from evaluate import evaluate
+from deployment.exporter import export_artifact
 from evaluation.mapping_evaluation import (
     MappingCaseEvaluation,
     MappingReferenceError,
@@ -31,6 +30,7 @@ from evaluation.mapping_report import (
     paired_values,
     table2_markdown,
 )
+from evaluation.tasks import evaluate
 from exports.mapping_pipeline import SliceResult
 from formats.aif_contract import AIFContractError
 from lightning_modules.networks.resunet import ResUNet

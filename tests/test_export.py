@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.export import ExportParityError, export_artifact
 from callbacks.export import main as export_main
+from deployment import cpu_info
+from deployment.artifact import METADATA_KEYS, METADATA_NAME
+from deployment.exporter import ExportParityError, export_artifact
 from exports import ArtifactError, load_artifact, read_metadata
-from formats import cpu_info
-from formats.artifact import METADATA_KEYS, METADATA_NAME
 from lightning_modules.networks.resunet import ResUNet
 from quantification.aif_preprocessing import AIFPreprocessing
 from tests.conftest import TINY, compose_train_config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.export import export_artifact
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
+from deployment.exporter import export_artifact
 from exports import AIFInputError, AIFPipeline, ArtifactError, load_artifact
 from exports.__main__ import main as cli
 from exports.aif_pipeline import aif_preprocessing_of
@@ -268,3 +269,46 @@ def test_the_runtime_works_without_lightning_hydra_wandb_or_monai(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"({series.shape[1]}, {series.shape[2]})")
+
+
+IMPORT_EVERY_RUNTIME_MODULE = """
+import importlib, pkgutil
+from exports.__main__ import main
+
+for package in ("formats", "quantification", "deployment", "exports"):
+    root = importlib.import_module(package)
+    for module in pkgutil.walk_packages(root.__path__, package + "."):
+        if module.name != "exports.__main__" and module.name != "deployment.__main__":
+            importlib.import_module(module.name)
+print(main(["list", "--artifacts-dir", sys.argv[1]]))
+"""
+
+
+def test_every_runtime_module_and_command_imports_without_the_training_stack(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORTS + IMPORT_EVERY_RUNTIME_MODULE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("0")
+
+
+def test_the_runtime_install_leaves_the_training_stack_to_an_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!\[ ]", r)[0].lower() for r in requirements}
+
+    runtime = names(project["dependencies"])
+    training = {"pytorch-lightning", "hydra-core", "wandb", "monai", "torchmetrics", "optuna"}
+    assert not runtime & training
+    assert {"torch", "numpy", "scipy", "h5py", "pydicom", "ismrmrd"} <= runtime
+    train_extra = {
+        re.split(r"[<>=!\[ ]", d)[0].lower() for d in project["optional-dependencies"]["train"]
+    }
+    assert {"pytorch-lightning", "hydra-core", "wandb", "monai"} <= train_extra
+    assert project["scripts"]["inline-cmr"] == "exports.__main__:main"

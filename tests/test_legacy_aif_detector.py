@@ -1,4 +1,5 @@
-"""The legacy AIF LV detector (SPEC A3) on phantoms, its failure reasons, its labelling CLI."""
+"""The legacy AIF LV detector (method.md §A3) on phantoms, its failure reasons, its labelling
+CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Probability map -> masks: connected components, the SPEC A6 threshold rule, label maps."""
+"""Probability map -> masks: connected components, the method.md §A6 threshold rule, label maps."""
 
 import numpy as np
 import pytest

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
+from deployment.artifact import FORMAT, METADATA_KEYS, METADATA_NAME, weights_sha256
 from exports.__main__ import main
 from exports.mapping_pipeline import MYOCARDIUM_TASK
-from formats.artifact import FORMAT, METADATA_KEYS, METADATA_NAME, weights_sha256
 
 
 @pytest.fixture(scope="module")

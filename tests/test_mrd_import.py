@@ -11,8 +11,8 @@ from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
 from exports.__main__ import main
 from formats.aif_contract import read_aif_case
 from formats.mapping_contract import read_mapping_slice
-from formats.mrd_header import minimal_header_xml
-from formats.mrd_images import derived_image, frame_times_s
+from formats.mrd.header import minimal_header_xml
+from formats.mrd.images import derived_image, frame_times_s
 from tests.mrd_cases import aif_images, mapping_images, read_aif_phantom, write_mrd_file
 
 

@@ -18,13 +18,13 @@ import pytest
 
 from datamodules.synthetic.aif_phantom import CLASSIC, write_aif_phantoms
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
+from deployment.artifact import load_artifact
 from exports.aif_pipeline import AIFPipeline
 from exports.mrd_server import load_models
-from formats.artifact import load_artifact
-from formats.mrd_file import read_mrd_image_file
-from formats.mrd_header import minimal_header_xml
-from formats.mrd_images import frame_times_s
-from formats.mrd_meta import parse_meta
+from formats.mrd.file import read_mrd_image_file
+from formats.mrd.header import minimal_header_xml
+from formats.mrd.images import frame_times_s
+from formats.mrd.meta import parse_meta
 from tests.mrd_cases import (
     BolusTiming,
     aif_images,

@@ -22,16 +22,16 @@ import torch.nn.functional as F
 
 from datamodules.synthetic.aif_phantom import CLASSIC, write_aif_phantoms
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
+from deployment.artifact import load_artifact
 from exports.__main__ import main
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import Acquisition, MappingPipeline, MyocardiumSegmenter
 from exports.mrd_client import exchange, run_session, session_messages
 from exports.mrd_server import InlineServer, load_models
 from exports.mrd_session import InlineModels
-from formats.artifact import load_artifact
-from formats.mrd_images import frame_times_s, make_image
-from formats.mrd_meta import parse_meta
-from formats.mrd_stream import AcquisitionMessage, encode_message
+from formats.mrd.images import frame_times_s, make_image
+from formats.mrd.meta import parse_meta
+from formats.mrd.stream import AcquisitionMessage, encode_message
 from tests.conftest import ROOT
 from tests.mrd_cases import (
     BolusTiming,

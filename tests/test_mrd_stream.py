@@ -14,8 +14,8 @@ import pytest
 from ismrmrd.serialization import ConfigFile as IsmrmrdConfigFile
 from ismrmrd.serialization import ProtocolDeserializer, ProtocolSerializer
 
-from formats.mrd_header import header_facts, minimal_header_xml
-from formats.mrd_images import (
+from formats.mrd.header import header_facts, minimal_header_xml
+from formats.mrd.images import (
     MRDSeriesError,
     aif_frames,
     dicom_geometry,
@@ -23,8 +23,8 @@ from formats.mrd_images import (
     make_image,
     mapping_slices,
 )
-from formats.mrd_meta import MetaError, format_meta, parse_meta
-from formats.mrd_stream import (
+from formats.mrd.meta import MetaError, format_meta, parse_meta
+from formats.mrd.stream import (
     AcquisitionMessage,
     Close,
     ConfigFile,

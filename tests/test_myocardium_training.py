@@ -8,7 +8,7 @@ import hydra
 import numpy as np
 import pytest
 
-from formats.artifact import load_artifact
+from deployment.artifact import load_artifact
 from tests.conftest import ROOT, compose_train_config
 from tests.test_configs import resolve
 from train import train
@@ -20,7 +20,7 @@ TRAINING = {  # preset -> (modality, network name, artifact file, fine-tuned)
     "post_finetune": ("post_contrast", "FT-post", "myo_unet_ft_post.ts", True),
     "post_scratch": ("post_contrast", "SC-post", "myo_unet_sc_post.ts", False),
 }
-EVALUATION = {  # SPEC B3: experiment -> (quantity, network)
+EVALUATION = {  # docs/method.md §B3: experiment -> (quantity, network)
     1: ("t2", "N0"),
     2: ("t2", "FT-T2"),
     3: ("t2", "SC-T2"),

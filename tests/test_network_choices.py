@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.export import export_artifact
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
-from formats.artifact import load_artifact, quiet_torchscript_deprecation
+from deployment.artifact import load_artifact, quiet_torchscript_deprecation
+from deployment.exporter import export_artifact
 from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 from summarize_runs import main as summarize_main
 from sweeps.run_summary import write_run_record

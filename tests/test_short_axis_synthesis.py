@@ -198,7 +198,7 @@ def test_ood_families_evaluate_a_segmenter_and_write_a_report(tmp_path):
 
 
 def test_evaluate_py_task_myocardium_ood_reports_every_family(tiny_myocardium_config, tmp_path):
-    from evaluate import evaluate
+    from evaluation.tasks import evaluate
     from tests.test_evaluate import compose_evaluate_config
     from train import train
 

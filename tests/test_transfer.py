@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from formats.artifact import quiet_torchscript_deprecation
+from deployment.artifact import quiet_torchscript_deprecation
 from lightning_modules.losses import DiceCrossEntropyLoss
 from lightning_modules.myocardium_module import MyocardiumSegmentationModule
 from lightning_modules.networks.unet import UNet

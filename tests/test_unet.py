@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from formats.artifact import quiet_torchscript_deprecation
+from deployment.artifact import quiet_torchscript_deprecation
 from lightning_modules.losses import DiceCrossEntropyLoss
 from lightning_modules.networks.unet import UNet
 

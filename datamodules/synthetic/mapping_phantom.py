@@ -3,7 +3,7 @@
 Each patient has ``slices_per_patient`` short-axis slices (basal -> apical; with 5 slices:
 2 basal, 2 mid, 1 apical; the level of slice j is set by its position ``j / n`` along the long
 axis: < 0.4 basal, < 0.8 mid, else apical) and three acquisitions of every slice, written to
-three HDF5 files in the mapping contract of DESIGN.md: native T1, post-contrast T1 and T2 (9
+three HDF5 files in the mapping contract of data_contracts.md: native T1, post-contrast T1 and T2 (9
 T2-prep echo times 0, 25, ..., 60 ms). All three files hold the same patients, case ids, slice
 ids, geometry and hematocrit, so ECV can be computed from the native and post files of one slice.
 

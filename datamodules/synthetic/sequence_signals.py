@@ -4,7 +4,7 @@ magnitude image). The mapping phantoms (:mod:`datamodules.synthetic.mapping_phan
 once per tissue and sum the partial volumes; any other anatomy can do the same.
 
 - :func:`inversion_recovery_signal`: STONE-like ideal inversion recovery
-  ``M0 (1 - 2 exp(-TI/T1))`` (SPEC B2, the phantoms' default).
+  ``M0 (1 - 2 exp(-TI/T1))`` (docs/method.md §B2, the phantoms' default).
 - :func:`look_locker_signal` on a :func:`look_locker_schedule`: MOLLI and ShMOLLI. Each
   inversion is followed by single-shot readouts in consecutive heartbeats; the scheme
   ``"5(3)3"`` means 5 images after the first inversion, 3 beats of rest, 3 images after the

@@ -20,7 +20,7 @@ the field's height / width: rendered on a square grid (``shape=(S, S)``) the pix
 anisotropic, which is exactly what the network sees after the stretch to 256 x 256 of a
 non-square image; with ``square_pixels=True`` the grid keeps square pixels (native images).
 
-The myocardium label satisfies the mapping pipeline's shape QC (SPEC B2: one 8-connected ring,
+The myocardium label satisfies the mapping pipeline's shape QC (method.md §B2: one 8-connected ring,
 Euler number 0, eccentricity < 0.65) and does not touch the image border; a draw that breaks
 this is drawn again.
 

@@ -4,8 +4,8 @@ Every choice of the ``conf/model/net/`` group is built from the same two input/o
 which the model config sets for its task (AIF: the time frames in, 3 or 1 logits out;
 myocardium: one image in, one logit per class out), while the choice sets the architecture. MONAI's
 networks (``monai.networks.nets.UNet``, ``BasicUNet``, ``SegResNet``) already take
-``in_channels`` and ``out_channels``; these two functions give our ResUNet (SPEC A4) and U-Net
-(SPEC B3) the same interface, with the classes, their parameter names and their state-dict
+``in_channels`` and ``out_channels``; these two functions give our ResUNet (method.md §A4) and U-Net
+(method.md §B3) the same interface, with the classes, their parameter names and their state-dict
 names left as they are (checkpoints and artifacts of earlier runs still load).
 """
 

@@ -1,4 +1,4 @@
-"""ResUNet for LV detection in AIF perfusion series (Xue et al., SPEC A4).
+"""ResUNet for LV detection in AIF perfusion series (Xue et al., docs/method.md §A4).
 
 Time is the channel axis: an input block maps the 64 frames of each pixel to ``input_planes``
 features (3×3 conv–BN–ReLU–conv, no shortcut), then a U-shape of ResNet modules

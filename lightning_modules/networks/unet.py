@@ -1,7 +1,8 @@
-"""U-Net for myocardium segmentation in weighted T1/T2 images (Fahmy et al., SPEC B3).
+"""U-Net for myocardium segmentation in weighted T1/T2 images (Fahmy et al., docs/method.md §B3).
 
 The paper names a U-Net with dropout after each block, Gaussian initialisation and augmentation,
-and defers depth, filters and the optimiser to an appendix we do not have (SPEC C9). This is the
+and defers depth, filters and the optimiser to an appendix we do not have (method.md §C9). This is
+the
 classic Ronneberger layout, sized by ``filters``:
 
 - level ``i`` of the encoder (``encoders[i]``): a block of (Conv3×3 → BN → ReLU) ×2 with
@@ -16,7 +17,7 @@ divisible by ``2 ** (len(filters) - 1)`` (256×256 inputs: any depth up to 9). T
 ``filters=(16, 32, 64, 128, 256)`` has 5 levels (256 → 16 pixels at the bottleneck) and 1.9 M
 parameters; the classic (64 … 1024) U-Net is ``filters=(64, 128, 256, 512, 1024)`` (31 M).
 
-Initialisation is Gaussian (SPEC B3): He-normal weights (std = sqrt(2 / fan_in)) for every
+Initialisation is Gaussian (method.md §B3): He-normal weights (std = sqrt(2 / fan_in)) for every
 convolution, zero biases, BN at identity. Parameter names are stable and say where a tensor sits
 (``encoders.0.…``, ``bottleneck.…``, ``decoders.2.…``, ``head.…``), which is what
 ``lightning_modules.transfer`` uses to freeze levels and re-initialise the head.
@@ -67,7 +68,7 @@ class UNet(nn.Module):
         in_channels: channels of the input image (1: one weighted image).
         n_classes: output logits per pixel (2: background / myocardium, softmax).
         filters: channels of each resolution level, finest first; ``len(filters)`` is the depth.
-        dropout: Dropout2d probability after every block (SPEC B3); 0 disables it.
+        dropout: Dropout2d probability after every block (docs/method.md §B3); 0 disables it.
 
     Example:
         >>> net = UNet(filters=(8, 16, 32))
@@ -107,7 +108,7 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Gaussian (He-normal) initialisation of every layer (SPEC B3)."""
+        """Gaussian (He-normal) initialisation of every layer (docs/method.md §B3)."""
         for module in self.modules():
             initialise(module)
 

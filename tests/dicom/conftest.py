@@ -92,7 +92,7 @@ def imported(study: PhantomStudy, tmp_path_factory: pytest.TempPathFactory):
 def aif_artifact(tmp_path_factory: pytest.TempPathFactory, study: PhantomStudy) -> Path:
     """A tiny 3CS ResUNet (seeded; batch-norm statistics from the phantom scan) exported for
     real, as tests/test_inline_runtime.py does."""
-    from callbacks.export import export_artifact
+    from deployment.exporter import export_artifact
     from lightning_modules.networks.resunet import ResUNet
     from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 

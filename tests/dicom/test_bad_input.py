@@ -13,8 +13,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
-import formats.dicom_contract_writer as dicom_contract_writer
-from formats.dicom_import import ImportOptions, import_dicom
+import formats.dicom.contract_writer as dicom_contract_writer
+from formats.dicom.importer import ImportOptions, import_dicom
 from formats.mapping_contract import scan_mapping_file
 from tests.dicom.conftest import run_cli
 from tests.dicom.vendor_dicom import Study, mr_image, save, sax_plane

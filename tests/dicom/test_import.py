@@ -20,7 +20,7 @@ import pytest
 from exports.__main__ import main as cli
 from formats.aif_contract import read_aif_case, scan_aif_file
 from formats.contract_errors import plain
-from formats.dicom_identifiers import pseudonym
+from formats.dicom.identifiers import pseudonym
 from formats.mapping_contract import read_mapping_slice, scan_mapping_file
 from tests.dicom.conftest import SALT
 from tests.dicom.vendor_dicom import (

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from formats.dicom_results import QUANTITIES
+from formats.dicom.results import QUANTITIES
 from tests.dicom.conftest import run_cli
 from tests.dicom.vendor_dicom import PhantomStudy, sop_uids
 

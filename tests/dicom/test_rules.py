@@ -11,11 +11,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from exports.dicom_import_cli import LABEL_CONVENTION_CHOICES, TASK_CHOICES
-from formats.dicom_files import DicomFile
-from formats.dicom_labels import LABEL_CONVENTIONS
-from formats.dicom_layout import lay_out_mapping_slices
-from formats.dicom_series_plan import TASKS, SeriesSkipped, plan_series
-from formats.dicom_timing import TimingError, frame_times_s, inversion_times_ms
+from formats.dicom.files import DicomFile
+from formats.dicom.labels import LABEL_CONVENTIONS
+from formats.dicom.layout import lay_out_mapping_slices
+from formats.dicom.series_plan import TASKS, SeriesSkipped, plan_series
+from formats.dicom.timing import TimingError, frame_times_s, inversion_times_ms
 from tests.dicom.vendor_dicom import Plane, sax_plane
 
 

@@ -1,7 +1,7 @@
 """Writing one planned DICOM series into a contract file: pixels in real-world units, labels,
 geometry and provenance attrs, with the contracts' checked writers (:func:`write_aif_case`,
 :func:`write_mapping_slice`). Attributes written besides the contracts' own are listed in
-:mod:`formats.dicom_import`.
+:mod:`formats.dicom.importer`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import numpy as np
 
 from formats.aif_contract import write_aif_case
 from formats.contract_errors import ContractError
-from formats.dicom_files import text_of
-from formats.dicom_labels import LV, MYOCARDIUM, RV, LabelError, LabelSource, LabelTarget
-from formats.dicom_layout import aif_case_ids, study_tag
-from formats.dicom_pixels import read_pixels, scaling_of
-from formats.dicom_series_plan import PlannedSeries, PlannedSlice
-from formats.dicom_timing import float_of
+from formats.dicom.files import text_of
+from formats.dicom.labels import LV, MYOCARDIUM, RV, LabelError, LabelSource, LabelTarget
+from formats.dicom.layout import aif_case_ids, study_tag
+from formats.dicom.pixels import read_pixels, scaling_of
+from formats.dicom.series_plan import PlannedSeries, PlannedSlice
+from formats.dicom.timing import float_of
 from formats.mapping_contract import write_mapping_case, write_mapping_slice
 
 __all__ = ["mapping_case_id", "read_slice", "write_aif_series", "write_mapping_slices"]
@@ -131,7 +131,7 @@ def write_aif_series(
     Args:
         h5: the open output file.
         series: the planned series.
-        patient: identifier attrs (:func:`formats.dicom_identifiers.identifier_attrs`).
+        patient: identifier attrs (:func:`formats.dicom.identifiers.identifier_attrs`).
         sources: label sources; notes: remarks for the summary are appended here.
 
     Raises:

@@ -1,15 +1,15 @@
 """DICOM folder -> the AIF and mapping HDF5 contracts (``python -m exports dicom-import``).
 
-Steps (each in its own module): find and group files (:mod:`formats.dicom_files`), plan every
-series (:mod:`formats.dicom_series_plan`: task, slices, order, vendor timing rules of
-:mod:`formats.dicom_timing`), name cases and slices (:mod:`formats.dicom_layout`), read pixels
-in real-world units (:mod:`formats.dicom_pixels`), attach labels (:mod:`formats.dicom_labels`),
-pseudonymise (:mod:`formats.dicom_identifiers`) and write with the contracts' checked writers,
+Steps (each in its own module): find and group files (:mod:`formats.dicom.files`), plan every
+series (:mod:`formats.dicom.series_plan`: task, slices, order, vendor timing rules of
+:mod:`formats.dicom.timing`), name cases and slices (:mod:`formats.dicom.layout`), read pixels
+in real-world units (:mod:`formats.dicom.pixels`), attach labels (:mod:`formats.dicom.labels`),
+pseudonymise (:mod:`formats.dicom.identifiers`) and write with the contracts' checked writers,
 atomically. A series that cannot be imported is reported with its reason and the others are
 still imported.
 
 Mapping slices that repeat another series at the same location are kept in reserve
-(:mod:`formats.dicom_layout`): when the kept series cannot be read, its repeat is written instead.
+(:mod:`formats.dicom.layout`): when the kept series cannot be read, its repeat is written instead.
 
 Output files: one per kind imported (``aif``, ``t1_native``, ``post_contrast``, ``t2``): the
 given path when only one kind was found, else ``<stem>_<kind>.h5`` beside it.
@@ -39,27 +39,27 @@ import h5py
 
 from formats.atomic_file import atomic_write
 from formats.contract_errors import ContractError
-from formats.dicom_contract_writer import write_aif_series, write_mapping_slices
-from formats.dicom_files import (
+from formats.dicom.contract_writer import write_aif_series, write_mapping_slices
+from formats.dicom.files import (
     DicomFolder,
     DicomImportError,
     SkippedFile,
     scan_dicom_folder,
     text_of,
 )
-from formats.dicom_geometry import GeometryError, geometry_of
-from formats.dicom_identifiers import identifier_attrs, load_or_create_salt
-from formats.dicom_labels import (
+from formats.dicom.geometry import GeometryError, geometry_of
+from formats.dicom.identifiers import identifier_attrs, load_or_create_salt
+from formats.dicom.labels import (
     ArrayLabels,
     LabelError,
     LabelSource,
     dicom_label_source,
     label_source_for_file,
 )
-from formats.dicom_layout import group_by_study, lay_out_mapping_slices
-from formats.dicom_pixels import PixelError
-from formats.dicom_series_kind import derived_map_kind
-from formats.dicom_series_plan import PlannedSeries, PlannedSlice, SeriesSkipped, plan_series
+from formats.dicom.layout import group_by_study, lay_out_mapping_slices
+from formats.dicom.pixels import PixelError
+from formats.dicom.series_kind import derived_map_kind
+from formats.dicom.series_plan import PlannedSeries, PlannedSlice, SeriesSkipped, plan_series
 
 __all__ = ["ImportOptions", "ImportReport", "SeriesReport", "import_dicom", "output_paths"]
 
@@ -135,7 +135,7 @@ class ImportOptions:
 
     Attributes:
         task: ``auto`` | ``aif`` | ``t1`` | ``t2``.
-        keep_identifiers: keep PatientID and study identifiers (:mod:`formats.dicom_identifiers`).
+        keep_identifiers: keep PatientID and study identifiers (:mod:`formats.dicom.identifiers`).
         salt: salt of the patient pseudonyms (None: the per-user salt file).
         labels: extra label files (NIfTI, NumPy, DICOM SEG or RTSTRUCT).
         label_convention: value meaning of NIfTI / NumPy labels (``inline`` | ``acdc``).

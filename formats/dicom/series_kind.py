@@ -6,7 +6,7 @@ Names are read from ``SeriesDescription``, ``ProtocolName`` and ``SequenceName``
 
 - task: ``aif`` / ``perf`` / ``first pass`` -> AIF; a T1 sequence name (below) or ``T1 map`` ->
   T1; ``T2 map`` / ``T2 prep`` / ``T2p`` -> T2. Without a telling name the import falls back on
-  the times found (:mod:`formats.dicom_timing`), else asks for ``--task``.
+  the times found (:mod:`formats.dicom.timing`), else asks for ``--task``.
 - T1 sequence: ``shmolli``, ``molli``, ``sasha``, ``stone``, ``look-locker`` / ``LL`` in the
   name; otherwise the pattern of the inversion times in acquisition order, split into runs at
   each new inversion (where the TI grows by less than 100 ms, or drops): runs of 5, 1, 1

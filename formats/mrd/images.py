@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import ismrmrd
 import numpy as np
 
-from formats.mrd_meta import MetaError, format_meta, meta_numbers, parse_meta
-from formats.mrd_stream import ImageMessage
+from formats.mrd.meta import MetaError, format_meta, meta_numbers, parse_meta
+from formats.mrd.stream import ImageMessage
 
 __all__ = [
     "TICK_S",

@@ -35,7 +35,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from formats.dicom_geometry import SliceGeometry
+from formats.dicom.geometry import SliceGeometry
 
 __all__ = [
     "LABEL_CONVENTIONS",

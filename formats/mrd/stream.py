@@ -16,7 +16,7 @@ id    message               payload
                             [number_of_samples, trajectory_dimensions], data complex64
                             [active_channels, number_of_samples]
 1022  image                 198-byte ImageHeader, uint64 attribute length, the attributes (an
-                            ISMRMRD MetaContainer XML, :mod:`formats.mrd_meta`), pixel data
+                            ISMRMRD MetaContainer XML, :mod:`formats.mrd.meta`), pixel data
                             [channels, z, y, x] (x fastest) of the header's ``data_type``
 1026  waveform              40-byte WaveformHeader, uint32 data [channels, number_of_samples]
 ====  ====================  =================================================================
@@ -49,7 +49,7 @@ import ismrmrd
 import numpy as np
 
 if sys.byteorder != "little":  # the ctypes headers are native-endian; the protocol is not
-    raise ImportError("formats.mrd_stream needs a little-endian host (the MRD wire format)")
+    raise ImportError("formats.mrd.stream needs a little-endian host (the MRD wire format)")
 
 __all__ = [
     "ACQUISITION_HEADER_BYTES",
@@ -184,7 +184,7 @@ class ImageMessage:
     Attributes:
         head: the fixed header; on writing, ``data_type``, ``matrix_size``, ``channels`` and
             ``attribute_string_len`` are taken from ``data`` and ``attributes``.
-        attributes: MetaContainer XML (:mod:`formats.mrd_meta`), "" for none.
+        attributes: MetaContainer XML (:mod:`formats.mrd.meta`), "" for none.
         data: pixels [channels, z, y, x] (``matrix_size`` = (x, y, z)).
     """
 

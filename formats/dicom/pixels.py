@@ -26,7 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
-from formats.dicom_timing import float_of
+from formats.dicom.timing import float_of
 
 __all__ = ["PHILIPS_SCALE_SLOPE", "PixelError", "Scaling", "read_pixels", "scaling_of"]
 
@@ -98,7 +98,7 @@ def read_pixels(path: str | Path, header: Dataset, vendor: str, is_map: bool) ->
     Args:
         path: the file.
         header: its header (from the folder scan), for the matrix size and the scaling.
-        vendor: :func:`formats.dicom_timing.vendor_of` of the series.
+        vendor: :func:`formats.dicom.timing.vendor_of` of the series.
         is_map: the image is one of the scanner's maps (scaling rule of the module docstring).
 
     Raises:

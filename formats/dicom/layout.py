@@ -10,7 +10,7 @@ stack, positions along the normal (signed towards the apex) within 2 mm are one 
 numbered base -> apex: ``slice_<k>`` (``stack<j>_slice_<k>`` when a study has several stacks).
 So the native, post-contrast and T2 images of one location share a slice id. The level is the
 series name's ``base`` / ``mid`` / ``apex`` when it says one, else the location's third of the
-stack (:func:`formats.dicom_geometry.level_of_rank`; a single location: ``mid``); the slice attr
+stack (:func:`formats.dicom.geometry.level_of_rank`; a single location: ``mid``); the slice attr
 ``level_source`` says which. Two series of one modality at one location (a repeated breath-hold):
 the later ``SeriesNumber`` is kept, the other is reported.
 """
@@ -23,10 +23,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from formats.dicom_geometry import apex_sign, level_of_rank
-from formats.dicom_series_kind import series_text
-from formats.dicom_series_plan import PlannedSeries, PlannedSlice
-from formats.dicom_timing import float_of
+from formats.dicom.geometry import apex_sign, level_of_rank
+from formats.dicom.series_kind import series_text
+from formats.dicom.series_plan import PlannedSeries, PlannedSlice
+from formats.dicom.timing import float_of
 
 __all__ = [
     "aif_case_ids",

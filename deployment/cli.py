@@ -1,4 +1,5 @@
-"""``python -m exports list`` and ``python -m exports promote``: which model is deployed.
+"""``inline-cmr list | promote | rollback`` (also ``python -m deployment ...`` and ``python -m
+exports ...``): which model is deployed.
 
 ``list [NAME ...]`` prints, per deployed name of the artifacts folder, every stored version (the
 deployed one marked ``*``): created time, sha256, precision, the test metric, source run and the
@@ -7,10 +8,12 @@ exports found in run or sweep directories (candidates not yet deployed).
 
 ``promote TARGET`` deploys a run directory (its ``export/<name>.ts``), an exported ``.ts`` file,
 or ``NAME@VERSION`` (a version listed by ``list``: a roll back) at the stable path
-``<artifacts>/<name>.ts`` through the artifact index (:mod:`formats.artifact_index`); the
+``<artifacts>/<name>.ts`` through the artifact index (:mod:`deployment.artifact_index`); the
 version it replaces stays stored and listed.
 
-Both read ``--artifacts-dir`` (default ``$INLINE_CMR_ARTIFACTS`` or the repository's
+``rollback NAME`` deploys again the version that was deployed before the current one.
+
+All read ``--artifacts-dir`` (default ``$INLINE_CMR_ARTIFACTS`` or the repository's
 ``artifacts/``). Exit status: 0 done, 2 bad target or unusable index.
 """
 
@@ -22,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from formats.artifact import ArtifactError
-from formats.artifact_index import ArtifactIndex, default_artifacts_dir, export_record
+from deployment.artifact import ArtifactError
+from deployment.artifact_index import ArtifactIndex, default_artifacts_dir, export_record
 
 __all__ = ["add_list_parser", "add_promote_parser", "format_table", "metric_text"]
 
@@ -167,7 +170,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    """The ``promote`` subcommand; returns the exit status."""
+    """The ``promote`` subcommand; returns the exit status. ``args.on_promoted`` (set by a caller
+    such as the training side's ``python -m sweeps.promotion``) is called with the version."""
     index = _index(args)
     try:
         version = index.promote_target(args.target, args.name, allow_check_run=args.allow_check_run)
@@ -177,6 +181,22 @@ def run_promote(args: argparse.Namespace) -> int:
     print(
         f"Deployed {version.label} at {_shown(str(index.stable_path(version.name)))} "
         f"({metric_text(version.record)}; from {_shown(version.record.get('source_file'))})"
+    )
+    for hook in getattr(args, "on_promoted", ()):
+        hook(version)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """The ``rollback`` subcommand; returns the exit status."""
+    index = _index(args)
+    try:
+        version = index.rollback(args.name)
+    except (ArtifactError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Rolled back: {version.label} is deployed at {_shown(str(index.stable_path(args.name)))}"
     )
     return 0
 
@@ -218,3 +238,29 @@ def add_promote_parser(subparsers: Any) -> argparse.ArgumentParser:
     _artifacts_dir_option(p)
     p.set_defaults(handler=run_promote)
     return p
+
+
+def add_rollback_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``rollback`` subcommand."""
+    p = subparsers.add_parser("rollback", help="deploy again the version deployed before this one")
+    p.add_argument("name", help="deployed name, e.g. aif_basic_unet3cs (see list)")
+    _artifacts_dir_option(p)
+    p.set_defaults(handler=run_rollback)
+    return p
+
+
+PARSERS = (add_list_parser, add_promote_parser, add_rollback_parser)
+"""The subcommands of this module, as ``exports`` and ``deployment`` register them."""
+
+
+def main(argv: list[str] | None = None, on_promoted: tuple[Any, ...] = ()) -> int:
+    """``python -m deployment list | promote | rollback ...``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m deployment", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in PARSERS:
+        register(sub)
+    args = parser.parse_args(argv)
+    args.on_promoted = on_promoted
+    return args.handler(args)

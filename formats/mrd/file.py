@@ -23,7 +23,7 @@ import ismrmrd
 import numpy as np
 from ismrmrd.hdf5 import image_header_dtype
 
-from formats.mrd_stream import IMAGE_HEADER_BYTES, ImageMessage
+from formats.mrd.stream import IMAGE_HEADER_BYTES, ImageMessage
 
 __all__ = ["MRDFileError", "MRDGroup", "read_mrd_image_file"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
-from formats.dicom_files import DicomFile
-from formats.dicom_geometry import GeometryError, SliceGeometry, geometry_of, group_by_position
-from formats.dicom_series_kind import (
+from formats.dicom.files import DicomFile
+from formats.dicom.geometry import GeometryError, SliceGeometry, geometry_of, group_by_position
+from formats.dicom.series_kind import (
     derived_map_kind,
     is_post_contrast,
     sequence_from_inversion_pattern,
@@ -24,7 +24,7 @@ from formats.dicom_series_kind import (
     series_text,
     task_from_name,
 )
-from formats.dicom_timing import (
+from formats.dicom.timing import (
     TimingError,
     count_pd_frames,
     float_of,
@@ -84,7 +84,7 @@ class PlannedSeries:
     Attributes:
         uid: SeriesInstanceUID.
         header: the header of its first image (series-level attributes).
-        vendor: :func:`formats.dicom_timing.vendor_of`.
+        vendor: :func:`formats.dicom.timing.vendor_of`.
         kind: ``aif`` | ``t1_native`` | ``post_contrast`` | ``t2``.
         slices: its slices ordered along the normal.
         notes: remarks for the summary (images left out and why).

@@ -2,7 +2,7 @@
 
 AIF (``modality="aif"``): every image series of every group is one case of the AIF contract
 (``<group>_<series>``), frames and times as the server reads them
-(:func:`formats.mrd_images.aif_frames`). If the group also holds exactly one label series of our
+(:func:`formats.mrd.images.aif_frames`). If the group also holds exactly one label series of our
 server (``SeriesDescription`` ``INLINECMR``/``AIF_LV_RV``, one image of the frames' size) and
 exactly one frame series, the labels become the case's ``mask`` (the model's labels: check them
 before training on them). ``n_pd_frames`` comes from the argument, else the group's JSON
@@ -36,11 +36,11 @@ from formats.aif_contract import write_aif_case
 from formats.atomic_file import atomic_write
 from formats.contract_errors import ContractError
 from formats.mapping_contract import LEVELS, SEQUENCES, write_mapping_case, write_mapping_slice
-from formats.mrd_file import MRDGroup, read_mrd_image_file
-from formats.mrd_header import MRDHeaderFacts, header_facts
-from formats.mrd_images import aif_frames, dicom_geometry, image_pixels, mapping_slices
-from formats.mrd_meta import MetaError, parse_meta
-from formats.mrd_stream import ImageMessage
+from formats.mrd.file import MRDGroup, read_mrd_image_file
+from formats.mrd.header import MRDHeaderFacts, header_facts
+from formats.mrd.images import aif_frames, dicom_geometry, image_pixels, mapping_slices
+from formats.mrd.meta import MetaError, parse_meta
+from formats.mrd.stream import ImageMessage
 
 __all__ = ["IMPORT_MODALITIES", "MRDImportError", "import_mrd_file", "modality_of_config"]
 

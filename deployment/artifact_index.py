@@ -36,7 +36,7 @@ Names: ``aif_resunet3cs`` resolves to the deployed version's file, ``aif_resunet
 version 1 (:func:`resolve_artifact`; ``load_artifact`` accepts names this way). Without an
 explicit directory, names are looked up in ``$INLINE_CMR_ARTIFACTS`` or ``<repository>/artifacts``.
 
-Standard library and :mod:`formats.artifact` only: the scanner side resolves names without any
+Standard library and :mod:`deployment.artifact` only: the scanner side resolves names without any
 training code.
 """
 
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from formats.artifact import ArtifactError, read_metadata, weights_sha256
+from deployment.artifact_file import ArtifactError, read_metadata, weights_sha256
 from formats.atomic_file import atomic_write
 
 __all__ = [
@@ -451,6 +451,23 @@ class ArtifactIndex:
             self._deploy(entry, target.record, reason)
             self._write(state)
             return self._install(name)
+
+    def rollback(self, name: str) -> ArtifactVersion:
+        """Deploy again the version ``name`` had before its current one (``rollback NAME``): the
+        last promotion of another version. A second roll back returns to where the first started
+        (like ``cd -``); ``promote NAME@VERSION`` goes to any stored version.
+
+        Raises:
+            ArtifactIndexError: unknown name, or no earlier deployed version to go back to.
+        """
+        current = self.version(name).version
+        earlier = [p["version"] for p in self.promotions(name) if p["version"] != current]
+        if not earlier:
+            raise ArtifactIndexError(
+                f"{self.path}: {name}@{current} is the only version ever deployed; nothing to "
+                "roll back to"
+            )
+        return self.promote_version(name, earlier[-1], f"roll back from {name}@{current}")
 
     def promote_target(
         self,

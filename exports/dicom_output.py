@@ -218,7 +218,7 @@ def write_mapping_dicom(
                     headers = _slice_sources(writer, args.post, result.case_id, result.slice_id)
                     extra = _slice_sources(writer, args.native, result.case_id, result.slice_id)
                 else:
-                    path = args.input if args.input is not None else args.native
+                    path = args.t1 if result.quantity == "t1_ms" else args.input
                     headers = _slice_sources(writer, path, result.case_id, result.slice_id)
                     extra = []
                 further = headers[1:] + extra

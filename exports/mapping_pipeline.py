@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from deployment.artifact import MYOCARDIUM_TASK, Artifact, ArtifactError
-from exports.whole_slice_maps import whole_slice_map
+from exports.whole_slice_maps import free_parameters, whole_slice_map
 from quantification.aha_segments import (
     MIN_VALID_T1_IMAGES,
     MIN_VALID_T2_IMAGES,
@@ -81,7 +81,7 @@ from quantification.image_resize import (
 )
 from quantification.mask_alignment import replace_failed_masks
 from quantification.myocardium_shape import MAX_ECCENTRICITY, REQUIRED_EULER_NUMBER, shape_qc
-from quantification.noise_floor import background_sigma, remove_noise_floor
+from quantification.noise_floor import remove_noise_floor, slice_noise
 from quantification.polar import PolarGeometry, from_polar, polar_geometry, to_polar
 from quantification.relaxometry import (
     RelaxometryFit,
@@ -492,6 +492,33 @@ class CorrectedPolar:
         return signals / self.gains[:, None]
 
 
+def _in_range(values: np.ndarray, valid_range: tuple[float, float], details: dict[str, Any]
+              ) -> np.ndarray:  # fmt: skip
+    """``values`` with NaN outside ``valid_range``; the counts go into ``details``."""
+    fitted = np.isfinite(values)
+    kept = restrict_to_range(values, valid_range)
+    details["n_fitted_px"] = int(fitted.sum())
+    details["n_out_of_range_px"] = int(fitted.sum() - np.isfinite(kept).sum())
+    details["valid_range"] = list(valid_range)
+    return kept
+
+
+def _no_value_reason(details: dict[str, Any]) -> str:
+    """Why a slice whose images were valid has no finite myocardial value (from the counts
+    :func:`_in_range` and ``MappingPipeline._analysed_region`` left in ``details``, one level
+    down for ECV's native / post)."""
+    counts = {**details, **details.get("t1", {}), **details.get("t2", {})}
+    if counts.get("n_analysed_px", 1) == 0:
+        return "no finite myocardial value: the analysed myocardium is empty"
+    if counts.get("n_fitted_px", 1) == 0:
+        return "no finite myocardial value: every pixel fit failed"
+    if counts.get("n_out_of_range_px", 0) > 0:
+        low, high = counts["valid_range"]
+        return (f"no finite myocardial value: all {counts['n_out_of_range_px']} fitted pixels "
+                f"outside the valid range {low:g}-{high:g}")  # fmt: skip
+    return "no finite myocardial value"
+
+
 def common_ring(geometries: list[PolarGeometry | None]) -> list[PolarGeometry | None]:
     """The slice's images on one ring: each keeps its own centroid, all share the median radii.
 
@@ -581,8 +608,20 @@ class MappingPipeline:
             reference=int(used[0]) if used.size else -1,
         )
 
-    def _analysed_region(self, prepared: PreparedAcquisition) -> np.ndarray:
-        return prune_boundary(prepared.masks[prepared.reference], self.settings.prune_px)
+    def _analysed_region(self, prepared: PreparedAcquisition, details: dict[str, Any]
+                         ) -> np.ndarray:  # fmt: skip
+        """The reference mask without ``prune_px`` boundary pixels; a wall too thin for that
+        (a thin myocardium at a coarse resolution) is pruned less, down to 0, rather than
+        analysed nowhere (the width used is ``details["prune_px_used"]``)."""
+        mask = prepared.masks[prepared.reference]
+        width = self.settings.prune_px
+        region = prune_boundary(mask, width)
+        while width > 0 and not region.any():
+            width -= 1
+            region = prune_boundary(mask, width)
+        details["prune_px_used"] = width
+        details["n_analysed_px"] = int(region.sum())
+        return region
 
     def _insertion(
         self, prepared: list[PreparedAcquisition], given: float | None
@@ -622,10 +661,12 @@ class MappingPipeline:
         shape = acquisition.images.shape[1:]
         if values is None or not success:
             values = np.full(shape, np.nan)
+        finite = np.isfinite(values)
+        if success and not finite.any():
+            success, reason = False, _no_value_reason(details)
         insertion = None
         seg_map = None
         segments = np.full(N_SEGMENTS, np.nan)
-        finite = np.isfinite(values)
         mean = float(values[finite].mean()) if finite.any() else float("nan")
         if success and acquisition.level is not None and finite.any():
             insertion = self._insertion(prepared, acquisition.rv_insertion_deg)
@@ -672,18 +713,25 @@ class MappingPipeline:
         prepared: PreparedAcquisition,
         fit: Callable[[np.ndarray], RelaxometryFit],
         details: dict[str, Any],
+        pixel_fit: Callable[[np.ndarray], RelaxometryFit],
+        n_parameters: int,
     ) -> CorrectedPolar:
         """The polar stack without the Rician noise floor and with the motion-induced coil
-        gains divided out (each if enabled)."""
+        gains divided out (each if enabled). The noise is measured on the used images
+        (:func:`quantification.noise_floor.slice_noise`: verified air in the image frame, else
+        the residuals of ``pixel_fit``, ``n_parameters`` per pixel); when it cannot be measured
+        the floor is left in and ``details["noise_note"]`` says why."""
         polar = raw = prepared.polar
         sigma = float("nan")
         if self.settings.noise_floor_correction:
             images = prepared.acquisition.images
-            sigma = background_sigma(images[prepared.used])
-            details["noise_sigma"] = sigma
-            if np.isfinite(sigma) and sigma > 0:  # removed before the (variance-lowering)
-                polar = prepared.resample(remove_noise_floor(images, sigma))  # interpolation
+            noise = slice_noise(images[prepared.used], pixel_fit, n_parameters)
+            details.update(noise.as_details())
+            if noise.measured:  # removed before the (variance-lowering) interpolation
+                sigma = noise.sigma
+                polar = prepared.resample(remove_noise_floor(images, sigma))
                 raw = prepared.resample(np.square(images, dtype=np.float64))
+        details["noise_floor_removed"] = bool(np.isfinite(sigma))
         gains = np.ones(polar.shape[0])
         if self.settings.coil_correction:
             centres = np.array([g.centre for g in prepared.geometries if g is not None])
@@ -704,11 +752,11 @@ class MappingPipeline:
         """The fitted map and its R^2 in the reference image's pixels, and (``segment_fit="roi"``)
         the ROI fit: regions bool [K, H, W] -> the fit of each region's mean signal [K]."""
         geometry = prepared.reference_geometry
-        region = self._analysed_region(prepared)
+        region = self._analysed_region(prepared, details)
         result = fit(corrected.polar)
         details["fit_failed_fraction"] = float(np.mean(result.flags != 0))
         cart = from_polar(np.stack([result.t_ms, result.r_squared]), geometry, region)
-        values = restrict_to_range(cart[0], valid_range)
+        values = _in_range(cart[0], valid_range, details)
         r_squared = np.where(np.isfinite(values), cart[1], np.nan)
         if self.settings.segment_fit != "roi":
             return values, r_squared, None
@@ -757,6 +805,9 @@ class MappingPipeline:
 
         return fit
 
+    def _t1_parameters(self, sequence: str) -> int:
+        return free_parameters("t1", sequence, self.settings.t2_model, self.settings.t1_model)
+
     def _t1_images_needed(self, acquisition: Acquisition) -> int:
         return valid_t1_images_needed(acquisition.images.shape[0], self.settings.min_valid_t1)
 
@@ -774,6 +825,7 @@ class MappingPipeline:
             t2_model=self.settings.t2_model,
             noise_floor_correction=self.settings.noise_floor_correction,
         )  # fmt: skip
+        details[quantity].update(result.details())
         finite = np.isfinite(result.map_ms)
         return SliceResult(
             case_id=acquisition.case_id,
@@ -809,7 +861,8 @@ class MappingPipeline:
             reason = f"{counts['n_valid']} valid T2-weighted images < {s.min_valid_t2}"
             return self._finish([prepared], "t2_ms", None, False, reason, details)
         te = np.asarray(acquisition.times_ms)[prepared.used]
-        corrected = self._coil_corrected(prepared, lambda y: fit_t2(y, te), details["t2"])
+        t2_fit = lambda y: fit_t2(y, te)  # noqa: E731
+        corrected = self._coil_corrected(prepared, t2_fit, details["t2"], t2_fit, 3)
         return _T2Slice(prepared, corrected, te, details)
 
     def _t2_mapped(self, t2: _T2Slice, beta: float | None) -> SliceResult:
@@ -882,7 +935,10 @@ class MappingPipeline:
             return self._finish([prepared], "t1_ms", None, False, reason, details)
         times = np.asarray(acquisition.times_ms)[prepared.used]
         coil_fit = self._coil_fit(details["t1"]["sequence"], times)
-        corrected = self._coil_corrected(prepared, coil_fit, details["t1"])
+        corrected = self._coil_corrected(
+            prepared, coil_fit, details["t1"], lambda y: fit(y, times),
+            self._t1_parameters(details["t1"]["sequence"]),
+        )  # fmt: skip
         values, r_squared, roi = self._map_and_roi(
             prepared, corrected, lambda y: fit(y, times), s.t1_range_ms, details["t1"]
         )
@@ -917,7 +973,10 @@ class MappingPipeline:
             used = p.used
             times = np.asarray(p.acquisition.times_ms)[used]
             coil_fit = self._coil_fit(details[name]["sequence"], times)
-            corrected = self._coil_corrected(p, coil_fit, details[name])
+            corrected = self._coil_corrected(
+                p, coil_fit, details[name], lambda y, f=fit, t=times: f(y, t),
+                self._t1_parameters(details[name]["sequence"]),
+            )  # fmt: skip
             result = fit(corrected.polar, times)
             blood = blood_t1(
                 p.acquisition.images[used],
@@ -938,9 +997,8 @@ class MappingPipeline:
             return self._finish(prepared, "ecv_percent", None, False, reason, details)
         ecv_polar = ecv_percent(t1_polar[0], t1_polar[1], t1_blood[0], t1_blood[1], hematocrit)
         post_prepared = prepared[1]
-        cart = from_polar(
-            ecv_polar, post_prepared.reference_geometry, self._analysed_region(post_prepared)
-        )
+        region = self._analysed_region(post_prepared, details)
+        cart = from_polar(ecv_polar, post_prepared.reference_geometry, region)
         details["hematocrit"] = float(hematocrit)
-        values = restrict_to_range(cart, s.ecv_range_percent)
+        values = _in_range(cart, s.ecv_range_percent, details)
         return self._finish(prepared, "ecv_percent", values, True, "", details)

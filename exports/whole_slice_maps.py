@@ -5,8 +5,10 @@ This is what ``python -m exports mapping --t1 ... | --input ...`` writes when ne
 ``--model`` nor masks in the file are given, and what the MRD server returns for a mapping
 series. Per slice:
 
-1. The Rician noise floor is removed (sigma from the image frame,
-   :mod:`quantification.noise_floor`; nothing is removed when the frame is zero-filled).
+1. The noise is measured (:func:`quantification.noise_floor.slice_noise`: the image frame when
+   it is verified to be air, else the residuals of this fit on the slice's pixels) and the
+   Rician noise floor removed; when no noise can be measured nothing is removed and the reason
+   is recorded (``noise_note``).
 2. Pixels with signal: the largest of the N images is at least :data:`SIGNAL_SNR` sigma (or, when
    no noise can be measured, at least :data:`SIGNAL_FRACTION` of the slice's largest signal);
    air and lung stay NaN.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantification.noise_floor import background_sigma, remove_noise_floor
+from quantification.noise_floor import NoiseEstimate, remove_noise_floor, slice_noise
 from quantification.relaxometry import RelaxometryFit, estimate_offset_fraction, fit_t2
 from quantification.t1_sequences import fit_t1_sequence, resolve_t1_sequence
 
@@ -36,6 +38,7 @@ __all__ = [
     "SIGNAL_FRACTION",
     "SIGNAL_SNR",
     "WholeSliceMap",
+    "free_parameters",
     "whole_slice_map",
 ]
 
@@ -58,10 +61,27 @@ class WholeSliceMap:
         map_ms: float32 [H, W] T1 or T2 (ms), NaN where there is no signal or the fit failed.
         r_squared: float32 [H, W] coefficient of determination of each pixel's fit (NaN where
             not fitted).
+        noise: the slice's noise and where it was measured.
+        floor_removed: whether the Rician floor was removed before the fit.
     """
 
     map_ms: np.ndarray
     r_squared: np.ndarray
+    noise: NoiseEstimate
+    floor_removed: bool
+
+    def details(self) -> dict[str, object]:
+        """JSON-able record of the noise and the floor correction."""
+        return {**self.noise.as_details(), "noise_floor_removed": self.floor_removed}
+
+
+def free_parameters(quantity: str, sequence: str, t2_model: str, stone_model: str = "t1_2p"
+                    ) -> int:  # fmt: skip
+    """Parameters fitted per pixel: 2 for STONE's ``t1_2p`` and the shared-offset T2 model,
+    else 3 (A, B and T)."""
+    if quantity == "t1":
+        return 2 if sequence in ("stone", "auto") and stone_model == "t1_2p" else 3
+    return 2 if t2_model == "t2_shared_offset" else 3
 
 
 def _signal_pixels(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -133,8 +153,13 @@ def whole_slice_map(
         raise ValueError(f"quantity must be 't1' or 't2', got {quantity!r}")
     if t2_model not in T2_MODELS:
         raise ValueError(f"t2_model must be one of {T2_MODELS}, got {t2_model!r}")
-    sigma = background_sigma(y)
-    if noise_floor_correction:
+    noise = slice_noise(
+        y, lambda curves: _fit(curves, times, quantity, sequence, t2_model),
+        free_parameters(quantity, sequence, t2_model),
+    )  # fmt: skip
+    sigma = noise.sigma
+    removed = noise_floor_correction and noise.measured
+    if removed:
         y = remove_noise_floor(y, sigma)
     fitted = _signal_pixels(y, sigma)
     map_ms = np.full(y.shape[1:], np.nan, dtype=np.float32)
@@ -143,4 +168,4 @@ def whole_slice_map(
         fit = _fit(y[:, fitted], times, quantity, sequence, t2_model)
         map_ms[fitted] = fit.t_ms
         r_squared[fitted] = np.where(fit.valid, fit.r_squared, np.nan)
-    return WholeSliceMap(map_ms=map_ms, r_squared=r_squared)
+    return WholeSliceMap(map_ms, r_squared, noise, removed)

@@ -17,6 +17,7 @@ from exports.dicom_import_cli import add_dicom_import_parser
 from exports.mapping_cli import add_mapping_parser
 from exports.mrd_import_cli import add_mrd_import_parser
 from exports.mrd_server import add_serve_parser
+from exports.perfusion_cli import add_perfusion_parser
 
 SUBCOMMANDS = (
     add_aif_parser,
@@ -24,6 +25,7 @@ SUBCOMMANDS = (
     add_dicom_import_parser,
     add_mrd_import_parser,
     add_serve_parser,
+    add_perfusion_parser,
     *DEPLOYMENT_PARSERS,
 )
 """Every subcommand's ``add_*_parser``; a new subcommand adds its own line here."""

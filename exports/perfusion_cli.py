@@ -111,15 +111,3 @@ def add_perfusion_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "(%(default)s)")  # fmt: skip
     p.set_defaults(handler=run_perfusion)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand on its own (until it is registered in ``exports.__main__``)."""
-    parser = argparse.ArgumentParser(prog="python -m exports.perfusion_cli")
-    add_perfusion_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

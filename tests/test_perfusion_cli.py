@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datamodules.synthetic.perfusion_phantom import write_perfusion_phantoms
-from exports.perfusion_cli import main
+from exports.__main__ import main
 
 
 @pytest.fixture(scope="module")

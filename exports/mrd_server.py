@@ -4,11 +4,21 @@
 
     python -m exports serve [--host 127.0.0.1] [--port 9002] [--aif-model PATH]
                             [--myocardium-model PATH] [--max-sessions 2] [--threads 2]
+                            [--first-message-timeout-s 5] [--max-sessions-per-client 1]
 
 The models are loaded once at start (``deployment.artifact.load_artifact``: sha256 verified), run
 once to warm up, and stay resident. ``--port 0`` binds a free port; the address is printed on
-stdout as ``listening on HOST:PORT``. Each connection is one session, served in its own thread,
-at most ``--max-sessions`` at a time (further connections wait in the listen queue):
+stdout as ``listening on HOST:PORT``. Each connection is one session, served in its own thread.
+
+Idle clients cannot stall the scanner: the accept loop never waits (a connection is accepted at
+once and handed to its thread), a connection must send its first message (the config) within
+``--first-message-timeout-s`` or it is closed, and a **session slot** is taken only once that
+first message has arrived: at most ``--max-sessions`` sessions run at a time, at most
+``--max-sessions-per-client`` of them from one client address (further sessions wait for a slot
+until their deadline). Connections beyond ``max_connections`` in all, or
+``max_connections_per_client`` from one address, are answered ``ERR`` and closed at once.
+
+A session:
 
 1. config: a config file name (id 1) or config text (id 2): ``inlinecmr_aif``,
    ``inlinecmr_t1``, ``inlinecmr_t2`` or ``inlinecmr_ecv``;
@@ -101,7 +111,13 @@ class ServerSettings:
     """Bounds of the server (command-line flags of ``python -m exports serve``).
 
     Attributes:
-        max_sessions: sessions served at the same time.
+        max_sessions: sessions served at the same time (a slot is taken once the first message
+            of the connection has arrived).
+        max_sessions_per_client: sessions of one client address served at the same time.
+        max_connections: open connections in all (waiting for their first message, waiting
+            for a slot, or in a session); beyond it a new connection is refused.
+        max_connections_per_client: open connections from one client address.
+        first_message_timeout_s: from accept to the first message (the config) at most.
         idle_timeout_s: longest silence of a client inside a session.
         session_timeout_s: longest session, from accept to the last byte received.
         max_session_bytes: pixel and attribute bytes of the images of one session.
@@ -111,6 +127,10 @@ class ServerSettings:
     """
 
     max_sessions: int = 2
+    max_sessions_per_client: int = 1
+    max_connections: int = 128
+    max_connections_per_client: int = 32
+    first_message_timeout_s: float = 5.0
     idle_timeout_s: float = 60.0
     session_timeout_s: float = 900.0
     max_session_bytes: int = 512 << 20
@@ -128,9 +148,11 @@ class SessionLog:
         peer: ``host:port`` of the client.
         config: the config name ("" if none arrived).
         status: ``ok``, ``error`` (the client was sent ``ERR``), ``disconnected`` (the client
-            left mid-stream) or ``empty`` (closed before any data, or a probe).
+            left mid-stream), ``empty`` (closed before any data, or a probe), ``idle`` (no first
+            message within ``first_message_timeout_s``) or ``refused`` (too many connections).
         error: the reason, for ``error`` and ``disconnected``.
         images_in, images_out, waveforms_in, bytes_in: counts.
+        wait_ms: the wait for a session slot, after the first message.
         receive_ms, process_ms, send_ms, total_ms: from accept to the client's close, the
             config's processing, sending the reply, accept to the end of the session.
         summary: the config's figures.
@@ -145,6 +167,7 @@ class SessionLog:
     images_out: int = 0
     waveforms_in: int = 0
     bytes_in: int = 0
+    wait_ms: float = 0.0
     receive_ms: float = 0.0
     process_ms: float = 0.0
     send_ms: float = 0.0
@@ -156,8 +179,9 @@ class SessionLog:
         head = f"session {self.number} from {self.peer}: {self.config or '-'} {self.status}"
         counts = f"{self.images_in} images in ({self.bytes_in / 1e6:.2f} MB), {self.images_out} out"
         times = (
-            f"receive {self.receive_ms:.1f} ms, process {self.process_ms:.1f} ms, "
-            f"send {self.send_ms:.1f} ms, total {self.total_ms:.1f} ms"
+            f"slot wait {self.wait_ms:.1f} ms, receive {self.receive_ms:.1f} ms, "
+            f"process {self.process_ms:.1f} ms, send {self.send_ms:.1f} ms, "
+            f"total {self.total_ms:.1f} ms"
         )
         tail = f"; {self.error}" if self.error else (f"; {self.summary}" if self.summary else "")
         return f"{head}; {counts}; {times}{tail}"
@@ -165,6 +189,59 @@ class SessionLog:
 
 class _Disconnected(Exception):
     """The client closed the connection before its close message."""
+
+
+class _Admission:
+    """Counts of open connections and running sessions, in all and per client address."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._changed = threading.Condition()
+        self._connections: dict[str, int] = {}
+        self._sessions: dict[str, int] = {}
+
+    def connect(self, host: str) -> str:
+        """Count a new connection from ``host``; "" when admitted, else why it is refused."""
+        s = self.settings
+        with self._changed:
+            if sum(self._connections.values()) >= s.max_connections:
+                return f"server busy: {s.max_connections} connections open"
+            if self._connections.get(host, 0) >= s.max_connections_per_client:
+                return f"too many connections from {host} (at most {s.max_connections_per_client})"
+            self._connections[host] = self._connections.get(host, 0) + 1
+            return ""
+
+    def disconnect(self, host: str) -> None:
+        with self._changed:
+            self._connections[host] -= 1
+            if not self._connections[host]:
+                del self._connections[host]
+
+    def take_slot(self, host: str, deadline: float) -> None:
+        """Wait until a session slot is free for ``host`` (``time.monotonic()`` deadline).
+
+        Raises:
+            TimeoutError: no slot before the deadline.
+        """
+        s = self.settings
+
+        def free() -> bool:
+            return (
+                sum(self._sessions.values()) < s.max_sessions
+                and self._sessions.get(host, 0) < s.max_sessions_per_client
+            )
+
+        with self._changed:
+            if not self._changed.wait_for(free, max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("no free session slot before the session deadline")
+            self._sessions[host] = self._sessions.get(host, 0) + 1
+
+    def release_slot(self, host: str) -> None:
+        with self._changed:
+            self._sessions[host] -= 1
+            if not self._sessions[host]:
+                del self._sessions[host]
+            self._changed.notify_all()
 
 
 def _name(message: Message | None) -> str:
@@ -194,8 +271,8 @@ class InlineServer:
     ) -> None:
         self.models = models
         self.settings = settings or ServerSettings()
-        self._listener = socket.create_server((host, port), backlog=16)
-        self._slots = threading.BoundedSemaphore(self.settings.max_sessions)
+        self._listener = socket.create_server((host, port), backlog=64)
+        self._admission = _Admission(self.settings)
         self._stop = threading.Event()
         self._counter = itertools.count(1)
         self._threads: set[threading.Thread] = set()
@@ -210,15 +287,17 @@ class InlineServer:
         return host, port
 
     def serve_forever(self) -> None:
-        """Accept and serve sessions until :meth:`shutdown`."""
+        """Accept connections until :meth:`shutdown`; each is served in its own thread (the
+        accept loop never waits for a session slot)."""
         self._listener.settimeout(0.2)
         while not self._stop.is_set():
-            if not self._slots.acquire(timeout=0.2):
-                continue
             try:
                 conn, peer = self._listener.accept()
             except (TimeoutError, OSError):
-                self._slots.release()
+                continue
+            refusal = self._admission.connect(peer[0])
+            if refusal:
+                self._refuse(conn, peer, refusal)
                 continue
             thread = threading.Thread(target=self._serve, args=(conn, peer), daemon=True)
             with self._lock:
@@ -238,27 +317,60 @@ class InlineServer:
             thread.join(timeout_s)
         self._listener.close()
 
+    def _refuse(self, conn: socket.socket, peer: tuple[str, int], reason: str) -> None:
+        """Answer ``ERR`` and close a connection that is over a connection limit."""
+        log = SessionLog(next(self._counter), f"{peer[0]}:{peer[1]}", status="refused")
+        log.error = reason
+        try:
+            conn.settimeout(0.5)  # a short reply to a fresh socket: its send buffer is empty
+            send_message(conn, Text(f"ERR inlinecmr: {reason}"))
+            send_message(conn, Close())
+        except OSError:
+            pass
+        conn.close()
+        self.sessions.append(log)
+        LOG.warning(log.line())
+
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         log = SessionLog(next(self._counter), f"{peer[0]}:{peer[1]}")
         try:
-            self.session(conn, log)
+            self.session(conn, log, peer[0])
         finally:
             conn.close()
+            self._admission.disconnect(peer[0])
             self.sessions.append(log)
             level = logging.INFO if log.status in ("ok", "empty") else logging.WARNING
             LOG.log(level, log.line())
             with self._lock:
                 self._threads.discard(threading.current_thread())
-            self._slots.release()
 
     # ---------------------------------------------------------------------------- one session
-    def session(self, conn: socket.socket, log: SessionLog) -> None:
-        """Serve one connection (module docstring); never raises for what the client does."""
+    def session(self, conn: socket.socket, log: SessionLog, host: str = "") -> None:
+        """Serve one connection (module docstring); never raises for what the client does.
+
+        The first message must arrive within ``first_message_timeout_s`` of the accept; only
+        then is a session slot of ``host`` taken (held until the session ends)."""
         start = time.monotonic()
         s = self.settings
-        reader = SocketReader(conn, s.idle_timeout_s, start + s.session_timeout_s)
+        first_deadline = start + min(s.first_message_timeout_s, s.session_timeout_s)
+        reader = SocketReader(conn, s.idle_timeout_s, first_deadline)
+        slot = False
         try:
-            images, params = self._receive(reader, log)
+            try:
+                first = read_message(reader, s.limits)
+            except TimeoutError:
+                log.status = "idle"
+                log.error = f"no message within {s.first_message_timeout_s:g} s of connecting"
+                self._reply_error(conn, log, log.error, drain_s=0.0)
+                return
+            if first is None:
+                return
+            t0 = time.monotonic()
+            self._admission.take_slot(host, start + s.session_timeout_s)
+            slot = True
+            log.wait_ms = 1e3 * (time.monotonic() - t0)
+            reader.deadline = start + s.session_timeout_s
+            images, params = self._receive(reader, first, log)
             if images is None:
                 return
             log.receive_ms = 1e3 * (time.monotonic() - start)
@@ -286,18 +398,18 @@ class InlineServer:
             log.status, log.error = "error", f"internal error: {type(exc).__name__}: {exc}"
             self._reply_error(conn, log, log.error)
         finally:
+            if slot:
+                self._admission.release_slot(host)
             log.bytes_in = reader.bytes_read
             log.total_ms = 1e3 * (time.monotonic() - start)
 
     def _receive(
-        self, reader: SocketReader, log: SessionLog
+        self, reader: SocketReader, first: Message, log: SessionLog
     ) -> tuple[list[ImageMessage] | None, SessionParameters]:
-        """Config, header, parameters and images up to the client's close (None: no session)."""
+        """Config (``first``), header, parameters and images up to the client's close (None: no
+        session)."""
         limits = self.settings.limits
         params = SessionParameters()
-        first = read_message(reader, limits)
-        if first is None:
-            return None, params
         if isinstance(first, ConfigFile):
             log.config = first.name.strip()
         elif isinstance(first, ConfigText):
@@ -362,15 +474,18 @@ class InlineServer:
             message = read_message(reader, s.limits)
         return images
 
-    def _reply_error(self, conn: socket.socket, log: SessionLog, reason: str) -> None:
-        """Send ``ERR`` and a close (if the client still listens), then drain and close."""
+    def _reply_error(
+        self, conn: socket.socket, log: SessionLog, reason: str, drain_s: float | None = None
+    ) -> None:
+        """Send ``ERR`` and a close (if the client still listens), then drain (``drain_s``,
+        default the settings') and close."""
         try:
             conn.settimeout(self.settings.idle_timeout_s)
             send_message(conn, Text(f"ERR {log.config or 'inlinecmr'}: {reason}"))
             send_message(conn, Close())
         except OSError:
             return
-        self._finish(conn, self.settings.drain_s)
+        self._finish(conn, self.settings.drain_s if drain_s is None else drain_s)
 
     @staticmethod
     def _finish(conn: socket.socket, drain_s: float) -> None:
@@ -424,6 +539,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     settings = ServerSettings(
         max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
+        first_message_timeout_s=args.first_message_timeout_s,
         idle_timeout_s=args.idle_timeout_s,
         session_timeout_s=args.session_timeout_s,
         max_session_bytes=args.max_session_mb << 20,
@@ -467,6 +584,18 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "segments; without it whole-slice maps",
     )
     serve.add_argument("--max-sessions", type=int, default=2, help="concurrent sessions")
+    serve.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        default=1,
+        help="concurrent sessions from one client address",
+    )
+    serve.add_argument(
+        "--first-message-timeout-s",
+        type=float,
+        default=5.0,
+        help="a connection that sends no config within this time is closed",
+    )
     serve.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     serve.add_argument(
         "--idle-timeout-s",

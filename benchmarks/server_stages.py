@@ -1,0 +1,366 @@
+"""Where the time of an inline MRD session goes: a per-stage profile of the server's work.
+
+``python benchmarks/server_stages.py [--model PATH] [--runs 30] [--threads 2]
+[--configs aif t1] [--end-to-end]``
+
+For each config, ``--runs`` sessions (after 3 warm-up) are served in this process, stage by
+stage, with the server's own functions:
+
+* **receive**: the encoded session (config, header, parameters, images, close) sent by a thread
+  over a local socket pair and read to its end (bytes only);
+* **decode**: the bytes parsed into MRD messages (``formats.mrd_stream.read_message``);
+* **process**: the config's processor (``exports.mrd_server.CONFIGS``), split into its stages
+  by timing wrappers put around the functions it calls (module attributes, so the code under
+  test is the code that runs; "other" is what the processor does outside them);
+* **encode**: the reply messages to bytes; **send**: those bytes over the socket pair.
+
+Configs: ``aif`` (``inlinecmr_aif``) on 8 phantom AIF series (73-120 frames, 64 x 44-60 px,
+as MRD uint16 images), and ``t1`` (``inlinecmr_t1``) on a three-slice MOLLI phantom series
+(8 images a slice, whole-slice T1 fit). Without ``--model`` the AIF artifact is MONAI's
+BasicUNet (``conf/model/net/monai_basic_unet.yaml`` features, 3 classes) with **random
+weights** (seed 0; latency does not depend on the weights), exported with
+``callbacks.export.export_artifact`` (fp32, the default export).
+
+``--end-to-end`` also starts ``python -m exports serve`` in its own process and plays the
+scanner on the same machine: the median time from ``connect`` to the server's close over
+``--runs`` sessions, the server's reported ``processing_ms``, and the cold start (process start
+to the first answered session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+N_AIF_SERIES = 8
+MOLLI_SLICES = ["slice_0", "slice_2", "slice_4"]
+
+AIF_STAGES = {  # (module, attribute) -> stage; AIFPipeline.* are methods of the class
+    ("exports.mrd_aif", "aif_frames"): "frames to arrays",
+    ("exports.aif_pipeline", "preprocess_aif_series"): "preprocess",
+    ("exports.aif_pipeline.AIFPipeline", "probabilities"): "network",
+    ("exports.aif_pipeline", "masks_from_probabilities"): "threshold rule",
+    ("exports.aif_pipeline", "restore_geometry"): "threshold rule",
+    ("exports.aif_pipeline.AIFPipeline", "signal_on_grid"): "AIF curve + features",
+    ("exports.aif_pipeline", "aif_curve"): "AIF curve + features",
+    ("exports.aif_pipeline", "aif_features"): "AIF curve + features",
+    ("exports.mrd_aif", "roi_meta"): "outlines",
+    ("exports.mrd_aif", "derived_image"): "label image + meta",
+}
+T1_STAGES = {
+    ("exports.mrd_mapping", "_slices"): "frames to slices",
+    ("exports.mrd_mapping", "whole_slice_map"): "T1 fit",
+    ("exports.mrd_mapping", "map_image"): "map image + meta",
+}
+
+
+def _resolve(dotted: str) -> Any:
+    import importlib
+
+    module, _, attribute = dotted.rpartition(".")
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError:
+        return getattr(importlib.import_module(module), attribute)
+
+
+@contextmanager
+def stage_timers(stages: dict[tuple[str, str], str]) -> Iterator[dict[str, float]]:
+    """Wrap the named functions so that each call adds its time (ms) to its stage; a stage
+    called from inside another stage's function counts once (the outer one)."""
+    totals: dict[str, float] = defaultdict(float)
+    active: list[str] = []
+    originals = []
+    for (owner_name, attribute), stage in stages.items():
+        owner = _resolve(owner_name)
+        original = getattr(owner, attribute)
+
+        def timed(*args: Any, _f: Callable = original, _stage: str = stage, **kwargs: Any) -> Any:
+            if active:
+                return _f(*args, **kwargs)
+            active.append(_stage)
+            start = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                totals[_stage] += 1e3 * (time.perf_counter() - start)
+                active.pop()
+
+        setattr(owner, attribute, timed)
+        originals.append((owner, attribute, original))
+    try:
+        yield totals
+    finally:
+        for owner, attribute, original in originals:
+            setattr(owner, attribute, original)
+
+
+def _over_socket(data: bytes) -> float:
+    """ms to move ``data`` through a local socket pair (a thread sends, this one reads)."""
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)))
+        start = time.perf_counter()
+        sender.start()
+        received = bytearray()
+        while chunk := b.recv(1 << 20):
+            received += chunk
+        elapsed = 1e3 * (time.perf_counter() - start)
+        sender.join()
+    assert len(received) == len(data)
+    return elapsed
+
+
+def session_stages(
+    stream: bytes, config: str, models: Any, stages: dict[tuple[str, str], str]
+) -> dict[str, float]:
+    """The stage times (ms) of one session of ``config`` on the encoded ``stream``."""
+    from exports.mrd_server import CONFIGS
+    from exports.mrd_session import SessionParameters
+    from formats.mrd_stream import Close, ImageMessage, Text, encode_message, read_message
+
+    times = {"receive": _over_socket(stream)}
+    start = time.perf_counter()
+    source, messages = io.BytesIO(stream), []
+    while not isinstance(message := read_message(source), Close):
+        messages.append(message)
+    times["decode"] = 1e3 * (time.perf_counter() - start)
+    images = [m for m in messages if isinstance(m, ImageMessage)]
+    params = SessionParameters.from_text(next(m.text for m in messages if isinstance(m, Text)))
+    with stage_timers(stages) as inside:
+        start = time.perf_counter()
+        reply = CONFIGS[config](images, params, models)
+        process_ms = 1e3 * (time.perf_counter() - start)
+    times.update(inside)
+    times["process: other"] = process_ms - sum(inside.values())
+    start = time.perf_counter()
+    out = b"".join(
+        [*map(encode_message, reply.images), *(encode_message(Text(t)) for t in reply.texts)]
+    )
+    out += encode_message(Close())
+    times["encode"] = 1e3 * (time.perf_counter() - start)
+    times["send"] = _over_socket(out)
+    if json.loads(reply.texts[0])["status"] != "ok":
+        raise RuntimeError(f"{config} session failed: {reply.texts}")
+    return times
+
+
+# ------------------------------------------------------------------------------- test data
+
+
+def aif_streams(workdir: Path) -> tuple[list[bytes], np.ndarray]:
+    """Encoded ``inlinecmr_aif`` sessions of N_AIF_SERIES phantom series (uint16 frames, 2.5 ms
+    time stamps) and their preprocessed series [N, 64, 64, 48] (for the export)."""
+    import h5py
+
+    from datamodules.synthetic.aif_phantom import write_aif_phantoms
+    from exports.mrd_client import session_messages
+    from formats.mrd_images import TICK_S, make_image
+    from formats.mrd_stream import encode_message
+    from quantification.aif_preprocessing import preprocess_aif_series
+
+    path = write_aif_phantoms(workdir / "cases.h5", n_patients=N_AIF_SERIES // 2, seed=11)
+    streams, preprocessed = [], []
+    with h5py.File(path) as h5:
+        for group in h5.values():
+            series, times_s = group["series"][()], group["times_s"][()]
+            n_pd = int(group.attrs["n_pd_frames"])
+            ticks = np.round((times_s - times_s[0]) / TICK_S).astype(int) + 13_000_000
+            scale = 4000.0 / float(series.max())
+            frames = [
+                make_image(
+                    np.round(f.T * scale).astype(np.uint16),
+                    series_index=1,
+                    image_index=t,
+                    acquisition_time_stamp=int(ticks[t]),
+                )
+                for t, f in enumerate(series)
+            ]
+            messages = session_messages("inlinecmr_aif", frames, {"n_pd_frames": n_pd})
+            streams.append(b"".join(map(encode_message, messages)))
+            preprocessed.append(preprocess_aif_series(series, times_s, n_pd).image)
+    return streams, np.stack(preprocessed)
+
+
+def molli_stream(workdir: Path) -> bytes:
+    """An encoded ``inlinecmr_t1`` session: three MOLLI slices of the mapping phantom (8
+    images each, inversion times in the ``InversionTime`` meta)."""
+    import h5py
+
+    from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
+    from exports.mrd_client import session_messages
+    from formats.mrd_images import make_image
+    from formats.mrd_stream import encode_message
+
+    phantoms = write_mapping_phantoms(workdir / "mapping", 1, seed=3, sequence="molli")
+    path = phantoms["t1_native"]
+    images = []
+    with h5py.File(path) as h5:
+        for slice_index, slice_id in enumerate(MOLLI_SLICES):
+            g = h5[f"case_0000/{slice_id}"]
+            if g.attrs["sequence"] != "molli":
+                raise RuntimeError(f"{path}: {slice_id} is {g.attrs['sequence']}, not MOLLI")
+            for n, (image, ti_ms) in enumerate(zip(g["images"][()], g["ti_ms"][()], strict=True)):
+                images.append(
+                    make_image(
+                        image,
+                        series_index=5,
+                        image_index=n,
+                        slice_index=slice_index,
+                        meta={"InversionTime": float(ti_ms)},
+                    )
+                )
+    messages = session_messages("inlinecmr_t1", images, {"sequence": "molli"})
+    return b"".join(map(encode_message, messages))
+
+
+def export_basic_unet(workdir: Path, preprocessed: np.ndarray) -> Path:
+    """A 3-class MONAI BasicUNet with random weights (seed 0), exported as the default fp32
+    artifact."""
+    import torch
+    import yaml
+    from monai.networks.nets import BasicUNet
+
+    from callbacks.export import export_artifact
+    from quantification.aif_preprocessing import AIFPreprocessing
+
+    conf = yaml.safe_load((ROOT / "conf/model/net/monai_basic_unet.yaml").read_text())
+    torch.manual_seed(0)
+    net = BasicUNet(
+        spatial_dims=2,
+        in_channels=preprocessed.shape[1],
+        out_channels=3,
+        features=tuple(conf["features"]),
+        dropout=conf["dropout"],
+    ).eval()
+    path = workdir / "aif_basic_unet.ts"
+    meta = {"preprocessing": asdict(AIFPreprocessing()), "model": "monai_basic_unet (random)"}
+    export_artifact(net, 3, torch.from_numpy(preprocessed[:2]), path, meta)
+    return path
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def end_to_end(model: Path, streams: list[bytes], config: str, runs: int, threads: int) -> dict:
+    """A real server process and this one as the scanner: cold start and per-session times."""
+    from exports.mrd_client import exchange
+
+    command = [sys.executable, "-m", "exports", "serve", "--port", "0", "--threads", str(threads)]
+    command += ["--aif-model", str(model)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("listening on"):
+            raise RuntimeError(f"server did not start: {line}{process.stderr.read()}")  # type: ignore[union-attr]
+        address = ("127.0.0.1", int(line.rsplit(":", 1)[1]))
+        elapsed, processing, cold_ms = [], [], float("nan")
+        for k in range(3 + runs):
+            result = exchange(address, [streams[k % len(streams)]], timeout_s=60.0)
+            if result.errors or not result.closed:
+                raise RuntimeError(f"{config} session failed: {result.texts}")
+            if k == 0:
+                cold_ms = 1e3 * (time.perf_counter() - start)
+            if k >= 3:
+                elapsed.append(1e3 * result.elapsed_s)
+                processing.append(result.documents()[0]["processing_ms"])
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    return {
+        "cold start to first answered session": cold_ms,
+        "end to end (client)": float(np.median(elapsed)),
+        "end to end p90": float(np.percentile(elapsed, 90)),
+        "server processing_ms": float(np.median(processing)),
+    }
+
+
+def print_table(title: str, samples: list[dict[str, float]]) -> None:
+    names = list(dict.fromkeys(name for s in samples for name in s))
+    print(f"\n{title}\n{'stage':34s} {'median ms':>10s} {'p90 ms':>8s}")
+    medians = {}
+    for name in names:
+        values = [s.get(name, 0.0) for s in samples]
+        medians[name] = float(np.median(values))
+        print(f"{name:34s} {medians[name]:10.2f} {np.percentile(values, 90):8.2f}")
+    total = [sum(s.values()) for s in samples]
+    own = [sum(v for k, v in s.items() if k != "network") for s in samples]
+    print(f"{'sum (median of per-session sums)':34s} {np.median(total):10.2f}")
+    print(f"{'server own work (all but network)':34s} {np.median(own):10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, help="AIF artifact (default: see module doc)")
+    parser.add_argument("--runs", type=int, default=30, help="timed sessions per config")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--configs", nargs="+", default=["aif", "t1"], choices=["aif", "t1"])
+    parser.add_argument("--end-to-end", action="store_true", help="also a real server process")
+    parser.add_argument("--random-basic-unet", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.model is None:  # export here, measure in a fresh process (as the scanner's)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = export_basic_unet(Path(tmp), aif_streams(Path(tmp))[1])
+            again = [sys.executable, __file__, *sys.argv[1:], "--model", str(model)]
+            raise SystemExit(subprocess.call([*again, "--random-basic-unet"]))
+
+    import torch
+
+    from exports.mrd_server import load_models
+    from formats.cpu_info import host_cpu
+
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    print(
+        f"CPU: {host_cpu().describe()}; {os.cpu_count()} cores visible, torch threads "
+        f"{args.threads}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
+    name = "MONAI BasicUNet, random weights, fp32" if args.random_basic_unet else args.model
+    print(f"AIF artifact: {name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        models = load_models(args.model, None)
+        cases = {
+            "aif": ("inlinecmr_aif", aif_streams(workdir)[0], AIF_STAGES),
+            "t1": ("inlinecmr_t1", [molli_stream(workdir)], T1_STAGES),
+        }
+        for key in args.configs:
+            config, config_streams, stages = cases[key]
+            samples = [
+                session_stages(config_streams[k % len(config_streams)], config, models, stages)
+                for k in range(3 + args.runs)
+            ][3:]
+            print_table(f"{config}: {args.runs} sessions, in process", samples)
+            if args.end_to_end:
+                figures = end_to_end(args.model, config_streams, config, args.runs, args.threads)
+                for figure, value in figures.items():
+                    print(f"{figure:34s} {value:10.1f}")
+    print("(ms; AMD EPYC figures in docs/mrd_server.md name the machine's load when measured)")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deployment.artifact import AIF_TASK, Artifact, ArtifactError
-from quantification.aif_curve import AIFFeatures, aif_curve, aif_features
+from quantification.aif_curve import AIFFeatures, aif_features, aif_of_pixels
 from quantification.aif_preprocessing import (
     AIFPreprocessing,
     PreprocessedAIF,
@@ -255,21 +255,30 @@ class AIFPipeline:
         raise AIFInputError(f"the model found no LV blood pool: {reason}")
 
     def signal_on_grid(
-        self, series: np.ndarray, times_s: np.ndarray, n_pd_frames: int
+        self,
+        series: np.ndarray,
+        times_s: np.ndarray,
+        n_pd_frames: int,
+        pixels: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Coil-corrected SR frames of the whole acquisition on the ``grid_step_s`` grid.
 
+        Args:
+            series, times_s, n_pd_frames: as for :meth:`run`.
+            pixels: bool [RO, E1]: only these pixels (in raster order); None: every pixel.
+
         Returns:
-            (float32 [N, RO, E1] in coil-corrected signal units, float32 [N] seconds from the
-            first SR frame).
+            (float32 [N, RO, E1], or [N, n_pixels] with ``pixels``, in coil-corrected signal
+            units; float32 [N] seconds from the first SR frame). A pixel's values do not
+            depend on ``pixels``.
         """
-        sr, grid = resample_to_grid(
-            series[n_pd_frames:], times_s[n_pd_frames:], self.params.grid_step_s
-        )
+        sr = series[n_pd_frames:] if pixels is None else series[n_pd_frames:, pixels]
+        sr, grid = resample_to_grid(sr, times_s[n_pd_frames:], self.params.grid_step_s)
         if n_pd_frames > 0:
-            sr /= coil_sensitivity_map(
+            sens = coil_sensitivity_map(
                 series[:n_pd_frames], self.params.coil_smoothing_px, self.params.coil_floor
             )
+            sr /= sens if pixels is None else sens[pixels]
         return sr, (grid - grid[0]).astype(np.float32)
 
     def run(
@@ -297,13 +306,15 @@ class AIFPipeline:
         labels = masks_from_probabilities(prob, self.artifact.n_classes)
         mask = restore_geometry(labels, pre).astype(np.uint8)
         source, note = "model", ""
+        series = series.astype(np.float32)
         if not (mask == LABEL_LV).any():
-            mask, note = self._no_lv(series.astype(np.float32), times_s, n_pd)
+            mask, note = self._no_lv(series, times_s, n_pd)
             source = "legacy"
-        signal, grid_s = self.signal_on_grid(series.astype(np.float32), times_s, n_pd)
-        aif = aif_curve(signal, mask == LABEL_LV)
-        lv_mean = signal[:, mask == LABEL_LV].mean(axis=1)
-        rv = mask == LABEL_RV
+        # the signal of the LV and RV pixels only: the AIF and the peak frames need no other
+        pools = mask != 0
+        signal, grid_s = self.signal_on_grid(series, times_s, n_pd, pixels=pools)
+        lv, rv = signal[:, mask[pools] == LABEL_LV], signal[:, mask[pools] == LABEL_RV]
+        aif = aif_of_pixels(lv)
         return AIFResult(
             case_id=case_id,
             mask=mask,
@@ -312,8 +323,8 @@ class AIFPipeline:
             grid_s=grid_s,
             features=aif_features(aif, step_s=self.params.grid_step_s),
             scale=pre.scale,
-            peak_lv_frame=int(np.argmax(lv_mean)),
-            peak_rv_frame=int(np.argmax(signal[:, rv].mean(axis=1))) if rv.any() else None,
+            peak_lv_frame=int(np.argmax(lv.mean(axis=1))),
+            peak_rv_frame=int(np.argmax(rv.mean(axis=1))) if rv.size else None,
             mask_source=source,
             note=note,
         )

@@ -83,7 +83,29 @@ def aif_curve(series: np.ndarray, lv_mask: np.ndarray, keep_fraction: float = 0.
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     if not mask.any():
         raise ValueError("LV mask is empty: no AIF can be measured")
-    lv = series[:, mask].astype(np.float64)  # [T, n_lv]
+    return aif_of_pixels(series[:, mask], keep_fraction)
+
+
+def aif_of_pixels(lv_signals: np.ndarray, keep_fraction: float = 0.15) -> np.ndarray:
+    """:func:`aif_curve` of the LV pixels' signals alone (the pixels in any fixed order).
+
+    Args:
+        lv_signals: float [T, n_lv], n_lv >= 1: the signal of every LV pixel in every frame.
+        keep_fraction: fraction of LV pixels kept, in (0, 1].
+
+    Returns:
+        float32 [T]: the AIF, in the intensity unit of ``lv_signals``.
+
+    Example:
+        >>> lv = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 9.0]])  # 2 frames, 3 pixels
+        >>> aif_of_pixels(lv, keep_fraction=0.3).tolist()  # the brightest pixel at the peak
+        [3.0, 9.0]
+    """
+    lv = np.asarray(lv_signals, dtype=np.float64)
+    if lv.ndim != 2 or lv.shape[1] == 0:
+        raise ValueError(f"need LV signals [T, n_lv >= 1], got shape {lv.shape}")
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     at_peak = lv[int(np.argmax(lv.mean(axis=1)))]
     n = at_peak.size
     k = max(1, int(np.ceil(keep_fraction * n - 1e-9)))

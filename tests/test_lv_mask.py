@@ -1,9 +1,13 @@
 """Probability map -> masks: connected components, the method.md §A6 threshold rule, label maps."""
 
+import h5py
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from datamodules.synthetic.aif_phantom import write_aif_phantoms
 from quantification.lv_mask import (
+    STRUCTURE_8,
     largest_component,
     lv_mask_from_probability,
     masks_from_probabilities,
@@ -136,3 +140,60 @@ def test_masks_from_probabilities_checks_channels():
         masks_from_probabilities(np.zeros((3, 8, 8)), n_classes=2)
     with pytest.raises(ValueError):
         masks_from_probabilities(np.zeros((1, 8, 8)), n_classes=3)
+
+
+# ------------------------------------------- the one-pass rule against threshold-by-threshold
+
+
+def repeated_labelling_rule(p_lv: np.ndarray) -> tuple[np.ndarray, float]:
+    """The rule as it was first written (label at every threshold until one blob): the
+    reference for :func:`lv_mask_from_probability`, which labels only where it can matter."""
+    p = np.where(np.isfinite(p_lv), p_lv, 0.0).astype(np.float64)
+    p_max = float(p.max(initial=0.0))
+    if p_max <= 0.0:
+        return np.zeros(p.shape, dtype=bool), 0.5
+    for t in np.round(0.5 + 0.01 * np.arange(50), 10):
+        mask = p > t * p_max
+        if ndimage.label(mask, structure=STRUCTURE_8)[1] == 1:
+            return mask, float(t)
+    return largest_component(p > 0.5 * p_max), 0.5
+
+
+def network_like_maps(truth_lv: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """LV probability maps as a network gives them for a phantom's LV: the blurred truth, plus
+    up to three weaker or equal distractor blobs, noise, and quantised plateaus now and then."""
+    maps = []
+    yy, xx = np.indices(truth_lv.shape)
+    for _ in range(n):
+        p = ndimage.gaussian_filter(truth_lv.astype(np.float64), rng.uniform(0.5, 3.0))
+        p *= rng.uniform(0.5, 1.0) / max(p.max(), 1e-9)
+        for _ in range(rng.integers(0, 4)):
+            centre = rng.uniform(0, truth_lv.shape)
+            width = rng.uniform(1.0, 30.0)
+            height = rng.choice([rng.uniform(0.2, 1.0), p.max()])
+            p += height * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / width)
+        p += rng.normal(0.0, rng.choice([0.0, 0.01, 0.05]), p.shape)
+        if rng.random() < 0.3:
+            p = np.round(p, 1)  # saturated plateaus: ties between blobs
+        maps.append(np.clip(p, 0.0, 1.0))
+    return maps
+
+
+def test_one_pass_rule_equals_the_threshold_by_threshold_rule_on_phantom_cases(tmp_path):
+    path = write_aif_phantoms(tmp_path / "cases.h5", n_patients=2, seed=21)
+    rng = np.random.default_rng(0)
+    maps = []
+    with h5py.File(path) as h5:
+        for group in h5.values():
+            maps += network_like_maps(group["mask"][()] == 1, rng, 120)
+    maps += [np.round(rng.random((64, 48)), 2) for _ in range(20)]  # noise: many blobs
+    thresholds = []
+    for p in maps:
+        mask, t = lv_mask_from_probability(p)
+        expected_mask, expected_t = repeated_labelling_rule(p)
+        np.testing.assert_array_equal(mask, expected_mask)
+        assert t == expected_t
+        thresholds.append(t)
+    assert len(maps) == 500
+    # the cases cover the rule's branches: at start, raised, and the fallback on ties
+    assert 0.5 < np.mean(np.array(thresholds) == 0.5) < 0.95 and max(thresholds) > 0.6

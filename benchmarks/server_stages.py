@@ -8,7 +8,7 @@ stage, with the server's own functions:
 
 * **receive**: the encoded session (config, header, parameters, images, close) sent by a thread
   over a local socket pair and read to its end (bytes only);
-* **decode**: the bytes parsed into MRD messages (``formats.mrd_stream.read_message``);
+* **decode**: the bytes parsed into MRD messages (``formats.mrd.stream.read_message``);
 * **process**: the config's processor (``exports.mrd_server.CONFIGS``), split into its stages
   by timing wrappers put around the functions it calls (module attributes, so the code under
   test is the code that runs; "other" is what the processor does outside them);
@@ -19,7 +19,7 @@ as MRD uint16 images), and ``t1`` (``inlinecmr_t1``) on a three-slice MOLLI phan
 (8 images a slice, whole-slice T1 fit). Without ``--model`` the AIF artifact is MONAI's
 BasicUNet (``conf/model/net/monai_basic_unet.yaml`` features, 3 classes) with **random
 weights** (seed 0; latency does not depend on the weights), exported with
-``callbacks.export.export_artifact`` (fp32, the default export).
+``deployment.exporter.export_artifact`` (fp32, the default export).
 
 ``--end-to-end`` also starts ``python -m exports serve`` in its own process and plays the
 scanner on the same machine: the median time from ``connect`` to the server's close over
@@ -136,7 +136,7 @@ def session_stages(
     """The stage times (ms) of one session of ``config`` on the encoded ``stream``."""
     from exports.mrd_server import CONFIGS
     from exports.mrd_session import SessionParameters
-    from formats.mrd_stream import Close, ImageMessage, Text, encode_message, read_message
+    from formats.mrd.stream import Close, ImageMessage, Text, encode_message, read_message
 
     times = {"receive": _over_socket(stream)}
     start = time.perf_counter()
@@ -174,8 +174,8 @@ def aif_streams(workdir: Path) -> tuple[list[bytes], np.ndarray]:
 
     from datamodules.synthetic.aif_phantom import write_aif_phantoms
     from exports.mrd_client import session_messages
-    from formats.mrd_images import TICK_S, make_image
-    from formats.mrd_stream import encode_message
+    from formats.mrd.images import TICK_S, make_image
+    from formats.mrd.stream import encode_message
     from quantification.aif_preprocessing import preprocess_aif_series
 
     path = write_aif_phantoms(workdir / "cases.h5", n_patients=N_AIF_SERIES // 2, seed=11)
@@ -208,8 +208,8 @@ def molli_stream(workdir: Path) -> bytes:
 
     from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
     from exports.mrd_client import session_messages
-    from formats.mrd_images import make_image
-    from formats.mrd_stream import encode_message
+    from formats.mrd.images import make_image
+    from formats.mrd.stream import encode_message
 
     phantoms = write_mapping_phantoms(workdir / "mapping", 1, seed=3, sequence="molli")
     path = phantoms["t1_native"]
@@ -240,7 +240,7 @@ def export_basic_unet(workdir: Path, preprocessed: np.ndarray) -> Path:
     import yaml
     from monai.networks.nets import BasicUNet
 
-    from callbacks.export import export_artifact
+    from deployment.exporter import export_artifact
     from quantification.aif_preprocessing import AIFPreprocessing
 
     conf = yaml.safe_load((ROOT / "conf/model/net/monai_basic_unet.yaml").read_text())
@@ -330,8 +330,8 @@ def main() -> None:
 
     import torch
 
+    from deployment.cpu_info import host_cpu
     from exports.mrd_server import load_models
-    from formats.cpu_info import host_cpu
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from datamodules.synthetic.aif_phantom import CLASSIC, TRAINING, write_aif_phantoms
+from deployment.artifact import load_artifact
 from exports.aif_pipeline import AIFPipeline
-from formats.artifact import load_artifact
 from quantification import lv_mask
 from quantification.aif_curve import aif_curve, aif_features
 from quantification.lv_mask import LABEL_LV, LABEL_RV

@@ -17,7 +17,7 @@ from datamodules.synthetic.aif_phantom import CLASSIC, write_aif_phantoms
 from exports.mrd_client import exchange, run_session, session_messages
 from exports.mrd_server import InlineServer, load_models
 from exports.mrd_session import InlineModels
-from formats.mrd_stream import SocketReader, Text, encode_message, read_message
+from formats.mrd.stream import SocketReader, Text, encode_message, read_message
 from tests.mrd_cases import BolusTiming, aif_images, export_aif_model, read_aif_phantom, serving
 
 TIMEOUT_S = 20.0

@@ -19,10 +19,12 @@ import hydra
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from datamodules.synthetic.aif_phantom import write_aif_phantoms
 from deployment.artifact import load_artifact, quiet_torchscript_deprecation
 from deployment.exporter import export_artifact
+from lightning_modules.networks.resunet import ResUNet
 from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 from summarize_runs import main as summarize_main
 from sweeps.run_summary import write_run_record
@@ -99,6 +101,33 @@ def test_torchscript_round_trip_matches_eager(task, net):
     x = torch.randn(2, *TASKS[task][1])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_each_network_carries_its_own_learning_rate_which_the_one_cycle_peak_follows():
+    for net in NETS:
+        lr = OmegaConf.load(ROOT / "conf" / "model" / "net" / f"{net}.yaml").optimizer.lr
+        cfg = compose_train_config([f"model/net={net}"])
+        model = hydra.utils.instantiate(cfg.model)
+        optimizer = model.optimizer_factory(params=model.parameters())
+        assert optimizer.defaults["lr"] == lr, net
+        assert model.scheduler_factory.keywords["max_lr"] == lr, net
+    override = compose_train_config(["model/net=monai_basic_unet", "model.optimizer.lr=5e-4"])
+    assert override.model.scheduler.max_lr == 5e-4  # the command line wins
+
+
+def test_the_papers_recipe_and_network_stay_one_config_away():
+    paper = compose_train_config(["experiment=aif_paper"])
+    assert paper.model.optimizer.lr == 1.0e-3 and paper.model.optimizer.betas == [0.9, 0.999]
+    assert paper.model.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (paper.model.scheduler.step_size, paper.model.scheduler.gamma) == (10, 0.5)
+    assert (paper.trainer.max_epochs, paper.data.batch_size) == (40, 32)
+    for overrides in (["experiment=aif_paper"], ["model=resunet3cs"]):
+        net = hydra.utils.instantiate(compose_train_config(overrides).model).net
+        assert isinstance(net, ResUNet), overrides
+        assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(6.528, abs=5e-4)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()), overrides
+    paper_net = hydra.utils.instantiate(paper.model).net  # He fan_out everywhere, head included
+    assert paper_net.head.weight.std().item() == pytest.approx((2 / 3) ** 0.5, rel=0.2)
 
 
 # --------------------------------------------------------------------- export and runtime

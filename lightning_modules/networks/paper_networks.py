@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lightning_modules.networks.resunet import ResUNet
+from lightning_modules.networks.resunet import Init, Norm, ResUNet
 from lightning_modules.networks.unet import UNet
 
 
@@ -23,6 +23,10 @@ def resunet(
     input_planes: int = 96,
     planes: Sequence[int] = (128, 128),
     modules_per_level: Sequence[int] = (4, 4),
+    norm: Norm = "batch",
+    norm_groups: int = 8,
+    init: Init = "he_fan_out",
+    zero_init_residual: bool = False,
 ) -> ResUNet:
     """The AIF ResUNet (``ResUNet``'s docstring): ``out_channels`` logits, 1 (2CS) or 3 (3CS).
 
@@ -31,7 +35,17 @@ def resunet(
         >>> net.head.out_channels
         3
     """
-    return ResUNet(in_channels, out_channels, input_planes, planes, modules_per_level)
+    return ResUNet(
+        in_channels,
+        out_channels,
+        input_planes,
+        planes,
+        modules_per_level,
+        norm,
+        norm_groups,
+        init,
+        zero_init_residual,
+    )
 
 
 def unet(

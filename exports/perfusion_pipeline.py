@@ -1,5 +1,5 @@
 """One perfusion case -> MBF, PS, Vb, Visf maps (docs/perfusion.md; method:
-docs/method_perfusion.md, P1-P3).
+docs/method.md §P1-§P3).
 
 Steps: for a dual-sequence case, the AIF curve from the LV mask of the AIF series
 (:func:`quantification.aif_curve.aif_curve`), SR/PD ratios of the AIF and of every imaging pixel,

@@ -1,5 +1,5 @@
 """Bolus foot and peak of a perfusion curve sampled at irregular frame times
-(docs/method_perfusion.md, P1).
+(docs/method.md §P1).
 
 Frame times of a perfusion series follow the heart beat (irregular, missed triggers), so the
 curve is first interpolated onto a uniform grid (0.5 s) and the foot and peak are the ones of

@@ -1,4 +1,4 @@
-"""Pixel-wise and per-region fits of the perfusion models (docs/method_perfusion.md, P3).
+"""Pixel-wise and per-region fits of the perfusion models (docs/method.md §P3).
 
 :func:`fit_perfusion` fits every tissue curve of an array at once (no Python loop over pixels),
 in two stages, like the published inline method (a look-up table, then a local refinement):
@@ -245,7 +245,7 @@ def fit_perfusion(
     tolerance: float = 1e-8,
     chunk_pixels: int = 8192,
 ) -> PerfusionFit:
-    """Fit a kinetic model to every tissue curve (docs/method_perfusion.md, P2 and P3).
+    """Fit a kinetic model to every tissue curve (docs/method.md §P2, §P3).
 
     Args:
         aif_gd: float [T] blood AIF, mmol/L, baseline 0 (whole blood, not plasma).

@@ -1,5 +1,5 @@
 """Tracer-kinetic models of myocardial perfusion, written as bases of the AIF
-(docs/method_perfusion.md, P2).
+(docs/method.md §P2).
 
 Every model here gives the tissue gadolinium concentration ``C(t)`` (mmol/L) as a linear
 combination of one or two *bases*, functions of the blood AIF ``Cb(t)`` (mmol/L) shaped by a few
@@ -222,7 +222,7 @@ class PerfusionModel:
 def perfusion_model(
     name: str, delay_range_s: tuple[float, float] = (0.0, 6.0), delay_step_s: float = 0.5
 ) -> PerfusionModel:
-    """The parameter ranges and look-up grid of a model (docs/method_perfusion.md, P2)."""
+    """The parameter ranges and look-up grid of a model (docs/method.md §P2)."""
     delays = np.arange(delay_range_s[0], delay_range_s[1] + 1e-9, delay_step_s)
     if name == "bte":
         tcs = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0, 13.0, 18.0])

@@ -1,5 +1,5 @@
 """Saturation-recovery signal -> gadolinium concentration with proton-density frames
-(docs/method_perfusion.md, P1).
+(docs/method.md §P1).
 
 The dual-sequence perfusion acquisition images every heartbeat after a saturation pulse with a
 FLASH readout, and starts with a few proton-density (PD) frames: the same readout without the

@@ -1,8 +1,8 @@
 """The documentation stays true to the code it describes.
 
 - README.md is a front door of at most 250 lines;
-- every ``docs/<page>.md`` the code or configs name exists, and every section id they cite
-  (``method.md §B2``, ``decision C6``) is a heading of docs/method.md;
+- every ``docs/<page>.md`` the code or configs name exists, and every section id they or the
+  pages cite (``method.md §B2``, ``decision C6``) is a heading of docs/method.md;
 - every local link of README.md and docs/*.md points at an existing file (and, into a Markdown
   page, at an existing heading);
 - every module of README's command table exists and defines the function the table names;
@@ -85,9 +85,9 @@ def method_section_ids() -> set[str]:
 
 
 def cited_ids() -> dict[str, list[str]]:
-    """Every section id the code and configs cite, with where (``file:line``)."""
+    """Every section id the code, the configs and the pages cite, with where (``file:line``)."""
     cited: dict[str, list[str]] = {}
-    for path in source_files():
+    for path in [*source_files(), *markdown_pages()]:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             found = [
                 part.strip()
@@ -108,13 +108,13 @@ def test_readme_is_a_short_front_door() -> None:
     )
 
 
-def test_every_section_the_code_cites_is_a_heading_of_method_md() -> None:
+def test_every_section_cited_is_a_heading_of_method_md() -> None:
     cited = cited_ids()
     assert {"A2", "B2"} <= cited.keys(), "the code cites docs/method.md sections"
     missing = {section: where[:3] for section, where in cited.items()}
     for section in method_section_ids():
         missing.pop(section, None)
-    assert not missing, f"sections cited in the code with no heading in docs/method.md: {missing}"
+    assert not missing, f"sections cited with no heading in docs/method.md: {missing}"
 
 
 def test_every_docs_page_the_code_names_exists() -> None:

@@ -14,8 +14,9 @@ in two stages, like the published inline method (a look-up table, then a local r
    which straightens the curved valley where a fast rate trades off against its amplitude, and
    ``theta``) with the analytic Jacobian of :func:`model_curves`, bounds enforced by
    projection; a step is kept only where it lowers the residual sum of squares, and a pixel
-   stops when its RSS changes by less than ``tolerance`` (1e-8) relative (later iterations
-   run only on the pixels still moving).
+   stops when its RSS changes (or could change, by the linearised model) by less than
+   ``tolerance`` (1e-4) times its noise variance ``RSS / (T - 5)`` (later iterations run only
+   on the pixels still moving).
 
 Failure reasons (``failure``, uint8; the maps are NaN wherever it is not 0), see
 :data:`FAILURE_REASONS`. ``rmse_mmol_l`` and ``r_squared`` report the fit quality of every
@@ -104,9 +105,8 @@ class PerfusionFit:
     tissue_density_g_per_ml: float
 
 
-def _feasible(model: str, a: np.ndarray) -> np.ndarray:
+def _feasible(model: str, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     """Physical amplitudes: bte ``a1 > 0, 0 <= a2 <= a1``; 2cxm ``a1 > 0, a2 >= 0``."""
-    a1, a2 = a[..., 0], a[..., 1]
     if model == "bte":
         return (a1 > 0) & (a2 >= 0) & (a2 <= a1)
     return (a1 > 0) & (a2 >= 0)
@@ -121,16 +121,16 @@ def _lookup(
     bases = model_bases(model.name, tables, model.grid, times_s)  # [C, 2, T]
     q, r = np.linalg.qr(bases.transpose(0, 2, 1))  # [C, T, 2], [C, 2, 2]
     n_cand = q.shape[0]
-    basis = q.transpose(1, 0, 2).reshape(q.shape[1], -1).astype(np.float32)
-    projection = (curves.astype(np.float32) @ basis).reshape(-1, n_cand, 2)
     diagonal = np.abs(np.stack([r[:, 0, 0], r[:, 1, 1]], 1))
     degenerate = diagonal.min(1) <= 1e-9 * diagonal.max()  # a basis is (almost) zero or repeated
     r = np.where(degenerate[:, None, None], np.eye(2), r).astype(np.float32)
-    a2 = projection[..., 1] / r[:, 1, 1]
-    a1 = (projection[..., 0] - r[:, 0, 1] * a2) / r[:, 0, 0]
-    amplitudes = np.stack([a1, a2], -1)
-    score = np.square(projection).sum(-1)
-    score[~(_feasible(model.name, amplitudes) & model.valid & ~degenerate)] = -np.inf
+    basis = q.transpose(1, 2, 0).reshape(q.shape[1], 2 * n_cand).astype(np.float32)
+    projection = curves.astype(np.float32) @ basis  # [P, 2C]: all first, then all second
+    z1, z2 = projection[:, :n_cand], projection[:, n_cand:]
+    a2 = z2 * (1.0 / r[:, 1, 1])
+    a1 = (z1 - r[:, 0, 1] * a2) * (1.0 / r[:, 0, 0])
+    allowed = _feasible(model.name, a1, a2) & (model.valid & ~degenerate)
+    score = np.where(allowed, z1 * z1 + z2 * z2, -np.inf)
     n_first = model.shape[0]
     per_first = score.reshape(score.shape[0], n_first, -1)
     best_rest = np.argmax(per_first, axis=2)  # [P, n_first]
@@ -138,7 +138,9 @@ def _lookup(
     order = np.argsort(-best_score, axis=1)[:, : model.starts]  # [P, starts]
     chosen = order * (n_cand // n_first) + np.take_along_axis(best_rest, order, 1)
     rows = np.arange(curves.shape[0])[:, None]
-    starts = np.concatenate([amplitudes[rows, chosen], model.grid[chosen]], axis=2)
+    starts = np.concatenate(
+        [a1[rows, chosen][..., None], a2[rows, chosen][..., None], model.grid[chosen]], axis=2
+    )
     found = np.isfinite(score[rows[:, 0], chosen[:, 0]])
     return starts.transpose(1, 0, 2).astype(np.float64), found
 
@@ -207,6 +209,7 @@ def _refine(
     damping = np.full(q.shape[0], 1e-3)
     active = np.arange(q.shape[0])
     eye = np.eye(q.shape[1])
+    dof = max(curves.shape[1] - q.shape[1], 1)  # rss / dof estimates the noise variance
     for _ in range(max_iterations):
         if active.size == 0:
             break
@@ -217,6 +220,9 @@ def _refine(
         diag = np.einsum("pii->pi", h)[:, :, None] * eye + 1e-12 * eye
         step = np.linalg.solve(h + damping[active, None, None] * diag, g[:, :, None])[:, :, 0]
         trial = _clip(model, q[active] + step)
+        step = trial - q[active]  # the step as projected onto the bounds
+        predicted = 2.0 * (step * g).sum(1) - np.einsum("pi,pij,pj->p", step, h, step)
+        threshold = tolerance * rss[active] / dof
         trial_fit, trial_jac = _evaluate(model, tables, times_s, trial)
         trial_rss = ((curves[active] - trial_fit) ** 2).sum(1)
         better = trial_rss < rss[active]
@@ -225,8 +231,8 @@ def _refine(
         q[kept], fitted[kept], jac[kept] = trial[better], trial_fit[better], trial_jac[better]
         rss[kept] = trial_rss[better]
         damping[active] = np.where(better, damping[active] * 0.3, damping[active] * 10.0)
-        done = np.zeros(active.size, dtype=bool)
-        done[better] = change <= tolerance * rss[kept] + 1e-15
+        done = predicted <= threshold  # converged: no step can lower the RSS noticeably
+        done[better] |= change <= threshold[better]
         done |= damping[active] > 1e8
         active = active[~done]
     return q, fitted, rss
@@ -242,7 +248,7 @@ def fit_perfusion(
     delay_range_s: tuple[float, float] = (0.0, 6.0),
     min_enhancement_fraction: float = 0.02,
     max_iterations: int = 50,
-    tolerance: float = 1e-8,
+    tolerance: float = 1e-4,
     chunk_pixels: int = 8192,
 ) -> PerfusionFit:
     """Fit a kinetic model to every tissue curve (docs/method.md §P2, §P3).
@@ -258,7 +264,10 @@ def fit_perfusion(
         min_enhancement_fraction: curves whose peak (3-frame mean) stays below this fraction of
             the AIF peak are not fitted (failure ``NO_ENHANCEMENT``).
         max_iterations: Levenberg-Marquardt iterations at most.
-        tolerance: a curve stops once an iteration lowers its RSS by less than this fraction.
+        tolerance: a curve stops once an iteration lowers its RSS, or the linearised model
+            predicts it could lower it, by less than this fraction of the noise variance
+            estimated from its residuals (``RSS / (T - 5)``): the parameters then move by far
+            less than their standard error.
         chunk_pixels: curves fitted together (bounds the memory to ~100 MB).
 
     Returns:

@@ -17,7 +17,8 @@ Reply:
   coil-corrected signal units) on its grid (``InlineCMR_AIF_times_s``, seconds from the first
   saturation-recovery frame), the six first-pass features (``InlineCMR_foot_s``,
   ``InlineCMR_peak_s``, ``InlineCMR_valley_s``, ``InlineCMR_first_pass_s``,
-  ``InlineCMR_peak_value``, ``InlineCMR_auc``);
+  ``InlineCMR_peak_value``, ``InlineCMR_auc``), the model's ``InlineCMR_model_sha256`` and the
+  backend that ran it (``InlineCMR_backend``: ``torchscript``, ``onnx-fp32`` or ``onnx-int8``);
 * one text message: the same figures as JSON (``"config": "inlinecmr_aif", "status": "ok"``).
 """
 
@@ -109,6 +110,7 @@ def process_aif(
         "InlineCMR_n_pd_frames": int(n_pd),
         "InlineCMR_time_source": frames.time_source,
         "InlineCMR_model_sha256": models.aif_sha256,
+        "InlineCMR_backend": models.aif_backend,
     }
     label_image = derived_image(
         frames.images[0], labels.astype(np.uint16), int(series_out), 0, meta
@@ -123,6 +125,7 @@ def process_aif(
         "output_series_index": int(series_out),
         **figures,
         "model_sha256": models.aif_sha256,
+        "backend": models.aif_backend,
         "processing_ms": round(1e3 * (time.perf_counter() - start), 1),
     }
     summary = {

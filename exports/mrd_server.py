@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from deployment.artifact import AIF_TASK, MYOCARDIUM_TASK, ArtifactError, load_artifact
+from deployment.onnx_backend import BACKENDS, select_backend
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import MyocardiumSegmenter
 from exports.mrd_aif import AIF_CONFIG, process_aif
@@ -506,25 +507,36 @@ class InlineServer:
 # -------------------------------------------------------------------------------- models + CLI
 
 
-def load_models(aif_model: Path | None, myocardium_model: Path | None) -> InlineModels:
+def load_models(
+    aif_model: Path | None,
+    myocardium_model: Path | None,
+    aif_backend: str = "auto",
+    threads: int = 2,
+) -> InlineModels:
     """Load the artifacts once (sha256 verified) and warm them up with one inference each.
 
+    The AIF model runs on the backend :func:`deployment.onnx_backend.select_backend` picks
+    (``aif_backend``: ``auto`` = the fastest that passes the parity check; the choice is logged).
+
     Raises:
-        ArtifactError: a missing, changed or wrong-task artifact (the message names the file).
+        ArtifactError: a missing, changed or wrong-task artifact (the message names the file), or
+            an explicitly asked ONNX backend that is missing or fails parity.
     """
     aif = myocardium = None
     aif_sha = myo_sha = ""
+    backend = ""
     if aif_model is not None:
         artifact = load_artifact(aif_model, expected_task=AIF_TASK)
-        aif = AIFPipeline(artifact)
-        artifact.probabilities(np.zeros(artifact.input_shape, np.float32))
-        aif_sha = artifact.metadata["weights_sha256"]
+        model, choice = select_backend(artifact, aif_backend, threads)
+        LOG.info("AIF model %s: %s", artifact.path.name, choice.describe())
+        aif = AIFPipeline(model)
+        aif_sha, backend = artifact.metadata["weights_sha256"], choice.name
     if myocardium_model is not None:
         artifact = load_artifact(myocardium_model, expected_task=MYOCARDIUM_TASK)
         myocardium = MyocardiumSegmenter(artifact)
         myocardium.probabilities(np.zeros((1, 64, 64), np.float32))
         myo_sha = artifact.metadata["weights_sha256"]
-    return InlineModels(aif, myocardium, aif_sha, myo_sha)
+    return InlineModels(aif, myocardium, aif_sha, myo_sha, backend)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -533,7 +545,7 @@ def run_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        models = load_models(args.aif_model, args.myocardium_model)
+        models = load_models(args.aif_model, args.myocardium_model, args.backend, args.threads)
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -596,7 +608,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=5.0,
         help="a connection that sends no config within this time is closed",
     )
-    serve.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    serve.add_argument("--threads", type=int, default=2, help="CPU threads of the models")
+    serve.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="AIF inference backend; auto: the fastest of the artifact's TorchScript model and "
+        "the ONNX files next to it (NAME.onnx, NAME.int8.onnx) that passes the parity check",
+    )
     serve.add_argument(
         "--idle-timeout-s",
         type=float,

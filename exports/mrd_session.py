@@ -34,12 +34,14 @@ class InlineModels:
         aif: the AIF pipeline around the AIF artifact, or None (``inlinecmr_aif`` refused).
         myocardium: the myocardium segmenter, or None (whole-slice maps only).
         aif_sha256, myocardium_sha256: the artifacts' ``weights_sha256`` ("" if absent).
+        aif_backend: what runs the AIF model (``deployment.onnx_backend.BackendChoice.name``).
     """
 
     aif: AIFPipeline | None = None
     myocardium: MyocardiumSegmenter | None = None
     aif_sha256: str = ""
     myocardium_sha256: str = ""
+    aif_backend: str = ""
 
 
 @dataclass

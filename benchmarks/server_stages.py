@@ -19,7 +19,9 @@ as MRD uint16 images), and ``t1`` (``inlinecmr_t1``) on a three-slice MOLLI phan
 (8 images a slice, whole-slice T1 fit). Without ``--model`` the AIF artifact is MONAI's
 BasicUNet (``conf/model/net/monai_basic_unet.yaml`` features, 3 classes) with **random
 weights** (seed 0; latency does not depend on the weights), exported with
-``deployment.exporter.export_artifact`` (fp32, the default export).
+``deployment.exporter.export_artifact`` (fp32, the default export); ``--onnx`` also writes its
+ONNX fp32 and int8 QDQ files, and the server picks the fastest that passes its parity check
+(``deployment.onnx_backend``; ``--backend`` insists on one).
 
 ``--end-to-end`` also starts ``python -m exports serve`` in its own process and plays the
 scanner on the same machine: the median time from ``connect`` to the server's close over
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -61,6 +64,7 @@ AIF_STAGES = {  # (module, attribute) -> stage; AIFPipeline.* are methods of the
     ("exports.aif_pipeline", "masks_from_probabilities"): "threshold rule",
     ("exports.aif_pipeline", "restore_geometry"): "threshold rule",
     ("exports.aif_pipeline.AIFPipeline", "signal_on_grid"): "AIF curve + features",
+    ("exports.aif_pipeline", "aif_curve"): "AIF curve + features",  # before aif_of_pixels
     ("exports.aif_pipeline", "aif_of_pixels"): "AIF curve + features",
     ("exports.aif_pipeline", "aif_features"): "AIF curve + features",
     ("exports.mrd_aif", "roi_meta"): "outlines",
@@ -86,13 +90,16 @@ def _resolve(dotted: str) -> Any:
 @contextmanager
 def stage_timers(stages: dict[tuple[str, str], str]) -> Iterator[dict[str, float]]:
     """Wrap the named functions so that each call adds its time (ms) to its stage; a stage
-    called from inside another stage's function counts once (the outer one)."""
+    called from inside another stage's function counts once (the outer one). Names the code does
+    not have (an older or newer version of it) are skipped."""
     totals: dict[str, float] = defaultdict(float)
     active: list[str] = []
     originals = []
     for (owner_name, attribute), stage in stages.items():
         owner = _resolve(owner_name)
-        original = getattr(owner, attribute)
+        original = getattr(owner, attribute, None)
+        if original is None:
+            continue
 
         def timed(*args: Any, _f: Callable = original, _stage: str = stage, **kwargs: Any) -> Any:
             if active:
@@ -246,17 +253,20 @@ def molli_stream(workdir: Path) -> bytes:
     return b"".join(map(encode_message, messages))
 
 
-def export_basic_unet(workdir: Path, preprocessed: np.ndarray) -> Path:
+def export_basic_unet(workdir: Path, preprocessed: np.ndarray, onnx: bool) -> Path:
     """A 3-class MONAI BasicUNet with random weights (seed 0), exported as the default fp32
-    artifact."""
+    artifact; with ``onnx`` also its ONNX fp32 file and the int8 QDQ file (calibrated on the
+    preprocessed series), the candidates of ``deployment.onnx_backend``."""
     import torch
     import yaml
     from monai.networks.nets import BasicUNet
 
     from deployment.exporter import export_artifact
+    from deployment.onnx_backend import onnx_paths, quantize_onnx_int8
     from quantification.aif_preprocessing import AIFPreprocessing
 
     conf = yaml.safe_load((ROOT / "conf/model/net/monai_basic_unet.yaml").read_text())
+    conf = conf.get("net", conf)  # the config moved under "net:" (model package)
     torch.manual_seed(0)
     net = BasicUNet(
         spatial_dims=2,
@@ -267,29 +277,42 @@ def export_basic_unet(workdir: Path, preprocessed: np.ndarray) -> Path:
     ).eval()
     path = workdir / "aif_basic_unet.ts"
     meta = {"preprocessing": asdict(AIFPreprocessing()), "model": "monai_basic_unet (random)"}
-    export_artifact(net, 3, torch.from_numpy(preprocessed[:2]), path, meta)
+    export_artifact(net, 3, torch.from_numpy(preprocessed[:2]), path, meta, onnx=onnx)
+    if onnx:
+        files = onnx_paths(path)
+        quantize_onnx_int8(files["onnx-fp32"], preprocessed, files["onnx-int8"])
     return path
 
 
 # ------------------------------------------------------------------------------ end to end
 
 
-def end_to_end(model: Path, streams: list[bytes], config: str, runs: int, threads: int) -> dict:
-    """A real server process and this one as the scanner: cold start and per-session times."""
-    from exports.mrd_client import exchange
-
+def start_server(
+    model: Path, threads: int, backend: str
+) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """``python -m exports serve`` on a free port of 127.0.0.1: the process and its address."""
     command = [sys.executable, "-m", "exports", "serve", "--port", "0", "--threads", str(threads)]
-    command += ["--aif-model", str(model)]
+    command += ["--aif-model", str(model), "--backend", backend]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    line = process.stdout.readline()  # type: ignore[union-attr]
+    if not line.startswith("listening on"):
+        process.kill()
+        raise RuntimeError(f"server did not start: {line}{process.stderr.read()}")  # type: ignore[union-attr]
+    return process, ("127.0.0.1", int(line.rsplit(":", 1)[1]))
+
+
+def end_to_end(
+    model: Path, streams: list[bytes], config: str, runs: int, threads: int, backend: str
+) -> dict:
+    """A real server process and this one as the scanner: cold start and per-session times."""
+    from exports.mrd_client import exchange
+
+    start = time.perf_counter()
+    process, address = start_server(model, threads, backend)
     try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        if not line.startswith("listening on"):
-            raise RuntimeError(f"server did not start: {line}{process.stderr.read()}")  # type: ignore[union-attr]
-        address = ("127.0.0.1", int(line.rsplit(":", 1)[1]))
         elapsed, processing, cold_ms = [], [], float("nan")
         for k in range(3 + runs):
             result = exchange(address, [streams[k % len(streams)]], timeout_s=60.0)
@@ -332,12 +355,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--configs", nargs="+", default=["aif", "t1"], choices=["aif", "t1"])
     parser.add_argument("--end-to-end", action="store_true", help="also a real server process")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="with the default model: also ONNX fp32 and int8 files (the server picks the fastest)",
+    )
+    parser.add_argument("--backend", default="auto", help="AIF backend (serve --backend)")
     parser.add_argument("--random-basic-unet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.model is None:  # export here, measure in a fresh process (as the scanner's)
         with tempfile.TemporaryDirectory() as tmp:
-            model = export_basic_unet(Path(tmp), aif_streams(Path(tmp))[1])
+            model = export_basic_unet(Path(tmp), aif_streams(Path(tmp))[1], args.onnx)
             again = [sys.executable, __file__, *sys.argv[1:], "--model", str(model)]
             raise SystemExit(subprocess.call([*again, "--random-basic-unet"]))
 
@@ -356,7 +385,9 @@ def main() -> None:
     print(f"AIF artifact: {name}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        models = load_models(args.model, None)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # the backend choice
+        models = load_models(args.model, None, args.backend, args.threads)
+        print(f"AIF backend: {models.aif_backend}")
         cases = {
             "aif": ("inlinecmr_aif", aif_streams(workdir)[0], AIF_STAGES),
             "t1": ("inlinecmr_t1", [molli_stream(workdir)], T1_STAGES),
@@ -371,7 +402,9 @@ def main() -> None:
             ][3:]
             print_table(f"{config}: {args.runs} sessions, in process", samples)
             if args.end_to_end:
-                figures = end_to_end(args.model, config_streams, config, args.runs, args.threads)
+                figures = end_to_end(
+                    args.model, config_streams, config, args.runs, args.threads, args.backend
+                )
                 for figure, value in figures.items():
                     print(f"{figure:34s} {value:10.1f}")
     print("(ms; AMD EPYC figures in docs/mrd_server.md name the machine's load when measured)")

@@ -1,19 +1,10 @@
-"""The exported model artifact: one TorchScript file with its metadata inside (docs/deployment.md).
+"""Load an exported model artifact and verify it: the scanner-side loader (docs/deployment.md).
 
-File format: a TorchScript archive (a zip, written by ``torch.jit.save``) whose module maps a
-preprocessed batch float32 ``[B, n_frames, ro_size, e1_size]`` (default ``[B, 64, 64, 48]``) to
-probabilities float32 ``[B, C, ro_size, e1_size]``: C = 1, ``sigmoid`` = P(LV) for 2CS; C = 3,
-``softmax`` over background/LV/RV for 3CS. The record ``extra/metadata.json`` (``_extra_files``)
-holds the metadata (keys in :data:`METADATA_KEYS`): task, classes, input shape, preprocessing
-parameters, threshold rule, torch version, the resolved training config, test metrics and
-``weights_sha256``.
-
-``weights_sha256`` is the SHA-256 of every record of the archive except ``extra/`` and
-``.data/serialization_id`` (tensor data, constants and the TorchScript code that uses them), each
-as ``name\\0size\\0bytes`` in name order. The metadata cannot hash itself, and the serialization
-id is a random number ``torch.jit.save`` draws anew for every save; everything that decides the
-model's output is covered. :func:`load_artifact` recomputes it and refuses a file whose records were
-changed, and a truncated file (no zip directory, or a record cut short) as well.
+The file format (a TorchScript archive with ``extra/metadata.json`` and ``weights_sha256``) is
+:mod:`deployment.artifact_file`; a deployed name resolves to a file through
+:mod:`deployment.artifact_index`. :func:`load_artifact` recomputes ``weights_sha256`` and refuses
+a file whose records were changed, and a truncated file (no zip directory, or a record cut short)
+as well.
 
 Hardware: the metadata records the exporting CPU (``exporting_cpu``) and the CPU features the
 model needs to run as exported (``cpu_requirements``: ``avx512_bf16`` for a bf16 model, which is
@@ -24,7 +15,7 @@ What the model's output means for a task (the AIF threshold rule and preprocessi
 myocardium resize recipe) is checked by that task's pipeline in ``exports/``; this module knows
 the file format only.
 
-Imports torch and NumPy only (no Lightning, Hydra or W&B): this is the scanner-side loader.
+Imports torch and NumPy only (no Lightning, Hydra or W&B).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def curve_fit_loop(model: str, aif: np.ndarray, times: np.ndarray, curves: np.nd
         return model_curves(model, tables, np.array([p]), times, jacobian=False)[0][0]
 
     def jac(_t: np.ndarray, *p: float) -> np.ndarray:
-        return model_curves(model, tables, np.array([p]), times)[1][0]
+        return model_curves(model, tables, np.array([p]), times)[1][0].T
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)

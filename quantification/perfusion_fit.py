@@ -8,8 +8,9 @@ in two stages, like the published inline method (a look-up table, then a local r
    (QR); one float32 matrix product projects all curves onto all candidates, the amplitudes follow
    from the triangular factor. Among the candidates whose amplitudes are physical (``Fb > 0``,
    ``0 <= E <= 1``) the best for each value of the first parameter (Tc, or the fast rate) are
-   ranked, and the ``starts`` best of them (1 for bte, 2 for 2cxm, whose fast rate trades off
-   against the delay) start the refinement; the lowest RSS wins.
+   ranked, and the ``starts`` best of them (2: at high flow the transit time, the delay and
+   the flow trade off and the RSS has several minima) start the refinement; the lowest RSS
+   wins.
 2. **Refinement.** Batched Levenberg-Marquardt on all parameters (the logs of the amplitudes,
    which straightens the curved valley where a fast rate trades off against its amplitude, and
    ``theta``) with the analytic Jacobian of :func:`model_curves`, bounds enforced by
@@ -184,11 +185,11 @@ def _at_bound(model: PerfusionModel, q: np.ndarray) -> np.ndarray:
 def _evaluate(
     model: PerfusionModel, tables: AIFTables, times_s: np.ndarray, q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Curves [P, T] and Jacobian [P, T, 5] with respect to the internal parameters."""
+    """Curves [P, T] and Jacobian [P, 5, T] with respect to the internal parameters."""
     p = _linear(q)
     curves, jac = model_curves(model.name, tables, p, times_s)
     assert jac is not None
-    jac[:, :, :2] *= p[:, None, :2]  # d / d log a = a d / d a
+    jac[:, :2] *= p[:, :2, None]  # d / d log a = a d / d a
     return curves, jac
 
 
@@ -215,8 +216,8 @@ def _refine(
             break
         j = jac[active]
         residual = curves[active] - fitted[active]
-        h = j.transpose(0, 2, 1) @ j
-        g = (j.transpose(0, 2, 1) @ residual[:, :, None])[:, :, 0]
+        h = j @ j.transpose(0, 2, 1)
+        g = (j @ residual[:, :, None])[:, :, 0]
         diag = np.einsum("pii->pi", h)[:, :, None] * eye + 1e-12 * eye
         step = np.linalg.solve(h + damping[active, None, None] * diag, g[:, :, None])[:, :, 0]
         trial = _clip(model, q[active] + step)
@@ -300,10 +301,9 @@ def fit_perfusion(
 
     finite = np.isfinite(y_all).all(1)
     failure[~finite] = NONFINITE
-    kernel = np.ones(3) / 3.0
-    smooth = np.apply_along_axis(np.convolve, 1, np.where(finite[:, None], y_all, 0.0), kernel,
-                                 "same")  # fmt: skip
-    enhancing = smooth.max(1) >= min_enhancement_fraction * aif.max()
+    clean = np.where(finite[:, None], y_all, 0.0)
+    smooth_peak = ((clean[:, :-2] + clean[:, 1:-1] + clean[:, 2:]) / 3.0).max(1)
+    enhancing = smooth_peak >= min_enhancement_fraction * aif.max()
     failure[finite & ~enhancing] = NO_ENHANCEMENT
     todo = np.flatnonzero(finite & enhancing)
 

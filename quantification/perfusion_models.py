@@ -152,7 +152,7 @@ def model_curves(
     """Model curves and their Jacobian for parameters ``params`` [P, 5] = (a1, a2, theta).
 
     Returns the curves float64 [P, T] (mmol/L) at ``times_s`` [T] and, with ``jacobian``, the
-    derivatives [P, T, 5] with respect to the five parameters (else None).
+    derivatives [P, 5, T] with respect to the five parameters (else None).
     """
     t = np.asarray(times_s, dtype=np.float64)[None, :]
     a1, a2 = params[:, 0:1], params[:, 1:2]
@@ -168,7 +168,7 @@ def model_curves(
             return curves, None
         cb0, cb1 = _lerp(tables.cb, i0, f0), _lerp(tables.cb, i1, f1)
         d_tc = a1 * cb1 - a2 * (cb1 - np.exp(log_k) * g2)  # d curve / d Tc
-        jac = np.stack([g1, g2, d_tc, a2 * dg2_dlogk, d_tc - a1 * cb0], axis=2)
+        jac = np.stack([g1, g2, d_tc, a2 * dg2_dlogk, d_tc - a1 * cb0], axis=1)
         return curves, jac
     if model == "2cxm":
         log_fast, log_slow, delay = params[:, 2:3], params[:, 3:4], params[:, 4:5]
@@ -180,7 +180,7 @@ def model_curves(
             return curves, None
         cb = _lerp(tables.cb, i, f)
         d_delay = -a1 * (cb - np.exp(log_fast) * fast) - a2 * (cb - np.exp(log_slow) * slow)
-        jac = np.stack([fast, slow, a1 * d_fast, a2 * d_slow, d_delay], axis=2)
+        jac = np.stack([fast, slow, a1 * d_fast, a2 * d_slow, d_delay], axis=1)
         return curves, jac
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
@@ -231,7 +231,7 @@ def perfusion_model(
         lower = np.array([0.3, np.log(1e-3), delay_range_s[0]])
         upper = np.array([25.0, np.log(5.0), delay_range_s[1]])
         shape = (tcs.size, log_ks.size, delays.size)
-        return PerfusionModel(name, lower, upper, grid, shape, np.ones(len(grid), bool), 1)
+        return PerfusionModel(name, lower, upper, grid, shape, np.ones(len(grid), bool), 2)
     if name == "2cxm":
         fast = np.log(np.geomspace(0.03, 15.0, 14))
         slow = np.log(np.geomspace(0.002, 0.5, 9))

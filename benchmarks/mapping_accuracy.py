@@ -48,7 +48,7 @@ from datamodules.synthetic.mapping_phantom import (  # noqa: E402
     write_mapping_phantoms,
 )
 from deployment.cpu_info import host_cpu  # noqa: E402
-from exports.mapping_cli import read_acquisitions  # noqa: E402
+from exports.mapping_input import read_acquisitions  # noqa: E402
 from exports.mapping_pipeline import MappingPipeline, MappingSettings  # noqa: E402
 from quantification.relaxometry import estimate_offset_fraction, fit_t2, t2_signal  # noqa: E402
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.mapping_cli import MappingInputError, read_acquisitions
+from exports.mapping_input import MappingInputError, read_acquisitions
 from exports.mapping_pipeline import Acquisition, MappingPipeline, SliceResult
 from formats.mapping_contract import scan_mapping_file
 from lightning_modules.boundary_metrics import (

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from exports.mapping_cli import _finite_or_none
+from exports.mapping_output import finite_or_none
 from exports.mapping_pipeline import Acquisition, MappingPipeline, SliceResult
 from exports.mrd_aif import roi_meta
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
@@ -281,7 +281,7 @@ def process_mapping(
         warnings=out.warnings,
         processing_ms=round(1e3 * (time.perf_counter() - start), 1),
     )
-    out.reply.texts.append(json.dumps(_finite_or_none(document)))
+    out.reply.texts.append(json.dumps(finite_or_none(document)))
     out.reply.texts.extend(f"WRN {config}: {w}" for w in out.warnings)
     out.reply.summary = {"slices": len(out.slices), "images_out": len(out.reply.images)}
     return out.reply

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from deployment.artifact import AIF_TASK, MYOCARDIUM_TASK, ArtifactError, load_artifact
+from deployment.default_model import deployed_default_aif_model
 from deployment.onnx_backend import BACKENDS, select_backend
 from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import MyocardiumSegmenter
@@ -588,7 +589,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve = subparsers.add_parser("serve", help="inline MRD streaming server (FIRE compatible)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=9002, help="TCP port (0: a free port)")
-    serve.add_argument("--aif-model", type=Path, help="AIF artifact (.ts) for inlinecmr_aif")
+    serve.add_argument(
+        "--aif-model",
+        type=Path,
+        default=deployed_default_aif_model(),
+        help="AIF artifact (.ts) or name (default: the deployed default)",
+    )
     serve.add_argument(
         "--myocardium-model",
         type=Path,

@@ -29,8 +29,8 @@ def test_gpu_preset_trains_in_bf16_with_channels_last(tmp_path):
     cfg = compose_train_config(["trainer=gpu"], output_dir=tmp_path)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
     assert cfg.callbacks.channels_last._target_ == "callbacks.channels_last.ChannelsLast"
-    assert cfg.trainer.max_epochs == 8  # from trainer/default.yaml; trainer=cpu trains 2
-    assert compose_train_config([]).trainer.max_epochs == 2
+    assert cfg.trainer.max_epochs == 8  # from trainer/default.yaml; trainer=cpu trains 10
+    assert compose_train_config([]).trainer.max_epochs == 10
     ddp = compose_train_config(["trainer=ddp"], output_dir=tmp_path)
     assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == -1
     assert "channels_last" in ddp.callbacks

@@ -43,13 +43,17 @@ def geometric_rates(lr_min: float, lr_max: float, steps: int) -> list[float]:
 def suggested_rates(rates: list[float], smoothed: list[float]) -> tuple[float, float]:
     """(rate of the lowest smoothed loss, rate of the steepest descent per log-rate step).
 
+    The first tenth of the steps is left out of the steepest descent: there the moving average
+    still follows the first losses of an untrained network.
+
     Example:
         >>> suggested_rates([1e-4, 1e-3, 1e-2, 1e-1], [1.0, 0.9, 0.5, 2.0])
         (0.01, 0.001)
     """
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
-    slopes = [smoothed[i + 1] - smoothed[i] for i in range(len(smoothed) - 1)]
-    steepest = min(range(len(slopes)), key=slopes.__getitem__) if slopes else 0
+    start = len(smoothed) // 10
+    slopes = {i: smoothed[i + 1] - smoothed[i] for i in range(start, len(smoothed) - 1)}
+    steepest = min(slopes, key=slopes.__getitem__) if slopes else 0
     return rates[best], rates[steepest]
 
 

@@ -5,7 +5,8 @@
   pages cite (``method.md §B2``, ``decision C6``) is a heading of docs/method.md;
 - every local link of README.md and docs/*.md points at an existing file (and, into a Markdown
   page, at an existing heading);
-- every module of README's command table exists and defines the function the table names;
+- every module of README's command table exists and defines the function the table names, and
+  so does every ``module.py``: ``function`` pair of docs/architecture.md;
 - README and docs speak in dated facts, not in the project's work history ("this round").
 """
 
@@ -29,6 +30,8 @@ SKIPPED_DIRS = {"logs", "data", "artifacts", "outputs", "multirun", "wandb", "bu
 
 SECTION_CITATION = re.compile(r"§\s*([A-Z]\d+(?:\s*,\s*[A-Z]\d+)*)")
 DECISION_CITATION = re.compile(r"\bdecisions?\s+(C\d+)")
+CODE_REFERENCE = re.compile(r"`([\w/]+\.py)`: `([\w.]+)`")
+"""``path.py``: ``name`` in a page, e.g. ``exports/aif_pipeline.py``: ``AIFPipeline.run``."""
 DOC_PATH = re.compile(r"\bdocs/([\w./-]+?\.md)\b")
 MARKDOWN_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -155,21 +158,36 @@ def command_table() -> list[tuple[str, str, str]]:
     return rows
 
 
+def defines(module: Path, name: str) -> bool:
+    """Whether ``module`` defines ``name`` (``Class.method``: the class and the method)."""
+    text = module.read_text(encoding="utf-8")
+    return all(
+        re.search(rf"^\s*(async\s+)?(def|class)\s+{re.escape(part)}\b", text, re.M)
+        for part in name.split(".")
+    )
+
+
 def test_readme_command_table_leads_to_real_modules_and_functions() -> None:
     rows = command_table()
     assert len(rows) >= 10, "README has a 'command | module | function' table of its commands"
     wrong = []
     for command, module, function in rows:
-        path = ROOT / module
-        if not path.is_file():
+        if not (ROOT / module).is_file():
             wrong.append(f"{command}: no module {module}")
-        elif not re.search(
-            rf"^\s*(async\s+)?(def|class)\s+{re.escape(function)}\b",
-            path.read_text(encoding="utf-8"),
-            re.M,
-        ):
+        elif not defines(ROOT / module, function):
             wrong.append(f"{command}: {module} defines no {function}")
     assert not wrong, wrong
+
+
+def test_architecture_names_real_modules_and_functions() -> None:
+    references = CODE_REFERENCE.findall((DOCS / "architecture.md").read_text(encoding="utf-8"))
+    assert len(references) >= 10, "docs/architecture.md leads every command to its functions"
+    wrong = [
+        f"{module}: {name}"
+        for module, name in references
+        if not (ROOT / module).is_file() or not defines(ROOT / module, name)
+    ]
+    assert not wrong, f"docs/architecture.md names code that does not exist: {wrong}"
 
 
 @pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -1,7 +1,7 @@
 """``python -m exports perfusion``: MBF, PS, Vb and Visf maps for every case of a file.
 
 ``python -m exports perfusion --input cases.h5 --output maps.h5 [--figures DIR]
-[--hematocrit 0.42] [--model bte|2cxm]``
+[--hematocrit 0.42] [--model bte|2cxm|fermi]``
 
 Reads every case of a perfusion file (gadolinium units or the dual-sequence acquisition, layout
 in :mod:`formats.perfusion_contract`), maps it (:mod:`exports.perfusion_pipeline`) and writes
@@ -99,7 +99,7 @@ def add_perfusion_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--figures", type=Path, help="folder for one PNG per case")
     p.add_argument("--model", choices=MODELS, default="bte",
                    help="bte: blood-tissue exchange (AATH, default); 2cxm: two-compartment "
-                   "exchange")  # fmt: skip
+                   "exchange; fermi: Fermi-constrained deconvolution (MBF only)")  # fmt: skip
     p.add_argument("--hematocrit", type=float,
                    help="fraction 0-1; default: the case's attr, else 0.42")  # fmt: skip
     p.add_argument("--tissue-density", type=float, default=1.05,

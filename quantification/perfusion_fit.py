@@ -106,8 +106,11 @@ class PerfusionFit:
     tissue_density_g_per_ml: float
 
 
-def _feasible(model: str, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
-    """Physical amplitudes: bte ``a1 > 0, 0 <= a2 <= a1``; 2cxm ``a1 > 0, a2 >= 0``."""
+def _feasible(model: str, a1: np.ndarray, a2: np.ndarray | None) -> np.ndarray:
+    """Physical amplitudes: bte ``a1 > 0, 0 <= a2 <= a1``; 2cxm ``a1 > 0, a2 >= 0``; fermi
+    ``a1 > 0``."""
+    if a2 is None:
+        return a1 > 0
     if model == "bte":
         return (a1 > 0) & (a2 >= 0) & (a2 <= a1)
     return (a1 > 0) & (a2 >= 0)
@@ -118,20 +121,28 @@ def _lookup(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Starts of the refinement: the best physical grid candidate for each value of the first
     non-linear parameter, and of those the ``model.starts`` best; returns parameters
-    [starts, P, 5] and found [P] (some candidate was physical)."""
-    bases = model_bases(model.name, tables, model.grid, times_s)  # [C, 2, T]
-    q, r = np.linalg.qr(bases.transpose(0, 2, 1))  # [C, T, 2], [C, 2, 2]
-    n_cand = q.shape[0]
-    diagonal = np.abs(np.stack([r[:, 0, 0], r[:, 1, 1]], 1))
+    [starts, P, L + 3] and found [P] (some candidate was physical)."""
+    bases = model_bases(model.name, tables, model.grid, times_s)  # [C, L, T]
+    q, r = np.linalg.qr(bases.transpose(0, 2, 1))  # [C, T, L], [C, L, L]
+    n_cand, n_amp = q.shape[0], q.shape[2]
+    diagonal = np.abs(np.diagonal(r, axis1=1, axis2=2))
     degenerate = diagonal.min(1) <= 1e-9 * diagonal.max()  # a basis is (almost) zero or repeated
-    r = np.where(degenerate[:, None, None], np.eye(2), r).astype(np.float32)
-    basis = q.transpose(1, 2, 0).reshape(q.shape[1], 2 * n_cand).astype(np.float32)
-    projection = curves.astype(np.float32) @ basis  # [P, 2C]: all first, then all second
-    z1, z2 = projection[:, :n_cand], projection[:, n_cand:]
-    a2 = z2 * (1.0 / r[:, 1, 1])
-    a1 = (z1 - r[:, 0, 1] * a2) * (1.0 / r[:, 0, 0])
+    r = np.where(degenerate[:, None, None], np.eye(n_amp), r).astype(np.float32)
+    basis = q.transpose(1, 2, 0).reshape(q.shape[1], n_amp * n_cand).astype(np.float32)
+    projection = curves.astype(np.float32) @ basis  # [P, L C]: all first, then all second
+    z1 = projection[:, :n_cand]
+    if n_amp == 2:
+        z2 = projection[:, n_cand:]
+        a2 = z2 * (1.0 / r[:, 1, 1])
+        a1 = (z1 - r[:, 0, 1] * a2) * (1.0 / r[:, 0, 0])
+        fit_score = z1 * z1 + z2 * z2
+        amplitudes = [a1, a2]
+    else:
+        a1, a2 = z1 * (1.0 / r[:, 0, 0]), None
+        fit_score = z1 * z1
+        amplitudes = [a1]
     allowed = _feasible(model.name, a1, a2) & (model.valid & ~degenerate)
-    score = np.where(allowed, z1 * z1 + z2 * z2, -np.inf)
+    score = np.where(allowed, fit_score, -np.inf)
     n_first = model.shape[0]
     per_first = score.reshape(score.shape[0], n_first, -1)
     best_rest = np.argmax(per_first, axis=2)  # [P, n_first]
@@ -140,7 +151,7 @@ def _lookup(
     chosen = order * (n_cand // n_first) + np.take_along_axis(best_rest, order, 1)
     rows = np.arange(curves.shape[0])[:, None]
     starts = np.concatenate(
-        [a1[rows, chosen][..., None], a2[rows, chosen][..., None], model.grid[chosen]], axis=2
+        [a[rows, chosen][..., None] for a in amplitudes] + [model.grid[chosen]], axis=2
     )
     found = np.isfinite(score[rows[:, 0], chosen[:, 0]])
     return starts.transpose(1, 0, 2).astype(np.float64), found
@@ -151,32 +162,37 @@ LOG_AMPLITUDE_RANGE = (-30.0, 3.0)
 
 
 def _clip(model: PerfusionModel, q: np.ndarray) -> np.ndarray:
-    """Project internal parameters [P, 5] = (log a1, log a2, theta) onto their bounds."""
+    """Project internal parameters [P, L + 3] = (log amplitudes, theta) onto their bounds."""
+    n = model.n_amplitudes
     q = q.copy()
-    q[:, 2:] = np.clip(q[:, 2:], model.lower, model.upper)
-    q[:, :2] = np.clip(q[:, :2], *LOG_AMPLITUDE_RANGE)
+    q[:, n:] = np.clip(q[:, n:], model.lower, model.upper)
+    q[:, :n] = np.clip(q[:, :n], *LOG_AMPLITUDE_RANGE)
     if model.name == "bte":  # E = a2 / a1 < 1
         q[:, 1] = np.minimum(q[:, 1], q[:, 0] - 1e-9)
     return q
 
 
 def _internal(model: PerfusionModel, p: np.ndarray) -> np.ndarray:
-    """Linear amplitudes [P, 5] -> internal parameters (log amplitudes), projected."""
+    """Linear amplitudes [P, L + 3] -> internal parameters (log amplitudes), projected."""
+    n = model.n_amplitudes
     with np.errstate(divide="ignore"):
-        logs = np.log(np.maximum(p[:, :2], 0.0))
-    return _clip(model, np.concatenate([logs, p[:, 2:]], axis=1))
+        logs = np.log(np.maximum(p[:, :n], 0.0))
+    return _clip(model, np.concatenate([logs, p[:, n:]], axis=1))
 
 
-def _linear(q: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.exp(q[:, :2]), q[:, 2:]], axis=1)
+def _linear(model: PerfusionModel, q: np.ndarray) -> np.ndarray:
+    n = model.n_amplitudes
+    return np.concatenate([np.exp(q[:, :n]), q[:, n:]], axis=1)
 
 
 def _at_bound(model: PerfusionModel, q: np.ndarray) -> np.ndarray:
-    """Curves whose internal parameters [P, 5] sit on a bound (E = 0 or 1, theta range)."""
+    """Curves whose internal parameters sit on a bound (E = 0 or 1, theta range)."""
+    n = model.n_amplitudes
     span = model.upper - model.lower
-    theta = q[:, 2:]
-    edge = ((theta - model.lower) < 1e-6 * span) | ((model.upper - theta) < 1e-6 * span)
-    on = edge.any(1) | (q[:, 1] <= LOG_AMPLITUDE_RANGE[0] + 1e-6)
+    theta = q[:, n:]
+    on = (((theta - model.lower) < 1e-6 * span) | ((model.upper - theta) < 1e-6 * span)).any(1)
+    if n == 2:
+        on |= q[:, 1] <= LOG_AMPLITUDE_RANGE[0] + 1e-6
     if model.name == "bte":
         on |= q[:, 1] >= q[:, 0] - 1e-6
     return on
@@ -185,11 +201,12 @@ def _at_bound(model: PerfusionModel, q: np.ndarray) -> np.ndarray:
 def _evaluate(
     model: PerfusionModel, tables: AIFTables, times_s: np.ndarray, q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Curves [P, T] and Jacobian [P, 5, T] with respect to the internal parameters."""
-    p = _linear(q)
+    """Curves [P, T] and Jacobian [P, L + 3, T] with respect to the internal parameters."""
+    p = _linear(model, q)
     curves, jac = model_curves(model.name, tables, p, times_s)
     assert jac is not None
-    jac[:, :2] *= p[:, :2, None]  # d / d log a = a d / d a
+    n = model.n_amplitudes
+    jac[:, :n] *= p[:, :n, None]  # d / d log a = a d / d a
     return curves, jac
 
 
@@ -202,7 +219,7 @@ def _refine(
     max_iterations: int,
     tolerance: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batched Levenberg-Marquardt from ``start`` [P, 5] (linear amplitudes, theta) on the log
+    """Batched Levenberg-Marquardt from ``start`` [P, L + 3] (linear amplitudes, theta) on the log
     amplitudes and theta: returns the internal parameters, fitted curves and RSS."""
     q = _internal(model, start)
     fitted, jac = _evaluate(model, tables, times_s, q)
@@ -316,9 +333,13 @@ def fit_perfusion(
             other = _refine(spec, tables, times, y, start, max_iterations, tolerance)
             better = other[2] < rss
             q[better], fitted[better], rss[better] = (v[better] for v in other)
-        p = _linear(q)
+        p = _linear(spec, q)
         params = physiological_parameters(
-            model, p[:, :2], p[:, 2:], hematocrit, tissue_density_g_per_ml
+            model,
+            p[:, : spec.n_amplitudes],
+            p[:, spec.n_amplitudes :],
+            hematocrit,
+            tissue_density_g_per_ml,
         )
         physical = np.isfinite(params["mbf_ml_min_g"]) & (params["mbf_ml_min_g"] > 0)
         code = np.where(~found, NO_FEASIBLE_START, np.where(physical, FIT_OK, NONPHYSICAL))

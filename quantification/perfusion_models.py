@@ -23,6 +23,11 @@ Models (``delay_s`` = the bolus delay of the tissue after the AIF, per pixel):
 
   with ``I(u) = int_{-inf}^u Cb`` and ``X_k(u) = int_{-inf}^u Cb(v) exp(-k (u - v)) dv``.
   Amplitudes ``a1 = Fb``, ``a2 = Fb E``; ``theta = (Tc_s, log k, delay_s)``.
+- ``"fermi"``: Fermi-constrained deconvolution (Jerosch-Herold et al. 1998): the impulse response
+  is ``Fb (1 + exp(-tau0/w)) / (1 + exp((t - tau0)/w))`` (``Fb`` at lag 0), one amplitude ``Fb``
+  and ``theta = (tau0_s, log w, delay_s)``; it gives MBF and the delay only. Its table holds
+  the AIF convolved (FFT, trapezoid rule) with the response for 41 shoulders x 24 widths;
+  values in between are trilinear interpolations.
 - ``"2cxm"``: the two-compartment exchange model (Brix et al. 2004; Sourbron & Buckley 2011),
   a bi-exponential impulse response::
 
@@ -46,7 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
+from scipy.signal import fftconvolve, lfilter
 
 __all__ = [
     "MODELS",
@@ -59,8 +64,10 @@ __all__ = [
     "physiological_parameters",
 ]
 
-MODELS = ("bte", "2cxm")
-"""Kinetic models fitted by the look-up + Levenberg-Marquardt solver (Fermi: its own module)."""
+MODELS = ("bte", "2cxm", "fermi")
+"""Kinetic models fitted by the look-up + Levenberg-Marquardt solver."""
+AMPLITUDES = {"bte": 2, "2cxm": 2, "fermi": 1}
+"""Number of linear amplitudes of each model (the rest of its parameters are ``theta``)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class AIFTables:
         integral: float64 [M] ``I(u)``, mmol/L * s.
         log_rates: float64 [K] natural logs of the rates ``k`` (1/s) of the rows of ``expconv``.
         expconv: float64 [K, M] ``X_k(u)``, mmol/L * s.
+        fermi_shoulders_s: float64 [A] shoulders ``tau0`` (s) of the rows of ``fermi``.
+        fermi_log_widths: float64 [B] natural logs of the widths ``w`` (s) of its columns.
+        fermi: float64 [A, B, M] the AIF convolved with the normalised Fermi response, mmol/L*s.
     """
 
     start_s: float
@@ -82,6 +92,9 @@ class AIFTables:
     integral: np.ndarray
     log_rates: np.ndarray
     expconv: np.ndarray
+    fermi_shoulders_s: np.ndarray
+    fermi_log_widths: np.ndarray
+    fermi: np.ndarray
 
 
 def aif_tables(
@@ -113,7 +126,24 @@ def aif_tables(
         w_new = 1.0 / k - (1.0 - decay) / (k * k * step_s)  # weight of Cb at the step's end
         w_old = (1.0 - decay) / k - w_new  # weight of Cb at the step's start
         expconv[row] = lfilter([w_new, w_old], [1.0, -decay], cb)
-    return AIFTables(float(start), float(step_s), cb, integral, log_rates, expconv)
+    shoulders = np.linspace(0.0, 20.0, 41)
+    log_widths = np.linspace(np.log(0.1), np.log(20.0), 24)
+    lag = step_s * np.arange(n)
+    response = fermi_response(lag, shoulders[:, None, None], np.exp(log_widths)[None, :, None])
+    weights = np.full(n, step_s)
+    weights[0] = 0.5 * step_s  # trapezoid rule over the lag
+    fermi = fftconvolve(cb[None, None, :], response * weights, axes=2)[:, :, :n]
+    return AIFTables(float(start), float(step_s), cb, integral, log_rates, expconv, shoulders,
+                     log_widths, fermi)  # fmt: skip
+
+
+def fermi_response(lag_s: np.ndarray, shoulder_s: np.ndarray, width_s: np.ndarray) -> np.ndarray:
+    """Fermi impulse response normalised to 1 at lag 0 (Jerosch-Herold et al. 1998):
+    ``(1 + exp(-tau0 / w)) / (1 + exp((t - tau0) / w))``."""
+    with np.errstate(over="ignore"):  # exp overflows to inf far past the shoulder: response 0
+        return (1.0 + np.exp(-shoulder_s / width_s)) / (
+            1.0 + np.exp((lag_s - shoulder_s) / width_s)
+        )
 
 
 def _position(tables: AIFTables, u: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +176,44 @@ def _expconv_at(
     return lower + g * (upper - lower), (upper - lower) * (1.0 / step_lr)
 
 
+def _fermi_at(
+    tables: AIFTables, shoulder: np.ndarray, log_width: np.ndarray, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The Fermi convolution at per-curve ``shoulder`` and ``log_width`` [P, 1] and times
+    ``u`` [P, T] (trilinear), and its derivatives by shoulder, log width and time."""
+    a_axis, b_axis = tables.fermi_shoulders_s, tables.fermi_log_widths
+    n_a, n_b, n = tables.fermi.shape
+    step_a, step_b = a_axis[1] - a_axis[0], b_axis[1] - b_axis[0]
+    ya = np.clip((shoulder - a_axis[0]) / step_a, 0.0, n_a - 1.000001)
+    yb = np.clip((log_width - b_axis[0]) / step_b, 0.0, n_b - 1.000001)
+    a, b = ya.astype(np.intp), yb.astype(np.intp)
+    ga, gb = ya - a, yb - b
+    i, f = _position(tables, u, n)
+    flat = tables.fermi.ravel()
+    corners, slopes = [], []
+    for da, db in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        base = ((a + da) * n_b + b + db) * n + i
+        low, high = flat[base], flat[base + 1]
+        corners.append(low + f * (high - low))
+        slopes.append(high - low)
+    c00, c01, c10, c11 = corners
+    s00, s01, s10, s11 = slopes
+    lower_a = c00 + gb * (c01 - c00)
+    upper_a = c10 + gb * (c11 - c10)
+    value = lower_a + ga * (upper_a - lower_a)
+    d_width = ((1.0 - ga) * (c01 - c00) + ga * (c11 - c10)) / step_b
+    slope = (1.0 - ga) * (s00 + gb * (s01 - s00)) + ga * (s10 + gb * (s11 - s10))
+    return value, (upper_a - lower_a) / step_a, d_width, slope / tables.step_s
+
+
 def model_curves(
     model: str, tables: AIFTables, params: np.ndarray, times_s: np.ndarray, jacobian: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model curves and their Jacobian for parameters ``params`` [P, 5] = (a1, a2, theta).
+    """Model curves and their Jacobian for parameters ``params`` [P, L + 3] = (the L linear
+    amplitudes of :data:`AMPLITUDES`, then theta).
 
     Returns the curves float64 [P, T] (mmol/L) at ``times_s`` [T] and, with ``jacobian``, the
-    derivatives [P, 5, T] with respect to the five parameters (else None).
+    derivatives [P, L + 3, T] with respect to the parameters (else None).
     """
     t = np.asarray(times_s, dtype=np.float64)[None, :]
     a1, a2 = params[:, 0:1], params[:, 1:2]
@@ -182,17 +243,28 @@ def model_curves(
         d_delay = -a1 * (cb - np.exp(log_fast) * fast) - a2 * (cb - np.exp(log_slow) * slow)
         jac = np.stack([fast, slow, a1 * d_fast, a2 * d_slow, d_delay], axis=1)
         return curves, jac
+    if model == "fermi":
+        flow = params[:, 0:1]
+        shoulder, log_width, delay = params[:, 1:2], params[:, 2:3], params[:, 3:4]
+        value, d_shoulder, d_log_width, d_time = _fermi_at(tables, shoulder, log_width, t - delay)
+        curves = flow * value
+        if not jacobian:
+            return curves, None
+        jac = np.stack([value, flow * d_shoulder, flow * d_log_width, -flow * d_time], axis=1)
+        return curves, jac
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
 def model_bases(
     model: str, tables: AIFTables, theta: np.ndarray, times_s: np.ndarray
 ) -> np.ndarray:
-    """The two bases [C, 2, T] of ``model`` at non-linear parameters ``theta`` [C, 3]."""
-    ones = np.ones((theta.shape[0], 1))
-    first = model_curves(model, tables, np.hstack([ones, 0 * ones, theta]), times_s, False)[0]
-    second = model_curves(model, tables, np.hstack([0 * ones, ones, theta]), times_s, False)[0]
-    return np.stack([first, second], axis=1)
+    """The L bases [C, L, T] of ``model`` at non-linear parameters ``theta`` [C, 3]."""
+    n_amplitudes = AMPLITUDES[model]
+    bases = []
+    for unit in np.eye(n_amplitudes):
+        params = np.hstack([np.broadcast_to(unit, (theta.shape[0], n_amplitudes)), theta])
+        bases.append(model_curves(model, tables, params, times_s, False)[0])
+    return np.stack(bases, axis=1)
 
 
 @dataclass(frozen=True)
@@ -218,6 +290,11 @@ class PerfusionModel:
     valid: np.ndarray
     starts: int
 
+    @property
+    def n_amplitudes(self) -> int:
+        """Linear amplitudes of the model (:data:`AMPLITUDES`)."""
+        return AMPLITUDES[self.name]
+
 
 def perfusion_model(
     name: str, delay_range_s: tuple[float, float] = (0.0, 6.0), delay_step_s: float = 0.5
@@ -240,6 +317,15 @@ def perfusion_model(
         upper = np.array([np.log(20.0), np.log(20.0), delay_range_s[1]])
         shape = (fast.size, slow.size, delays.size)
         return PerfusionModel(name, lower, upper, grid, shape, grid[:, 0] > grid[:, 1], 2)
+    if name == "fermi":
+        shoulders = np.array([0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 11.0, 15.0])
+        log_widths = np.log(np.geomspace(0.2, 10.0, 6))
+        grid = np.stack(np.meshgrid(shoulders, log_widths, delays, indexing="ij"), -1)
+        grid = grid.reshape(-1, 3)
+        lower = np.array([0.0, np.log(0.1), delay_range_s[0]])
+        upper = np.array([20.0, np.log(20.0), delay_range_s[1]])
+        shape = (shoulders.size, log_widths.size, delays.size)
+        return PerfusionModel(name, lower, upper, grid, shape, np.ones(len(grid), bool), 2)
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
@@ -250,15 +336,19 @@ def physiological_parameters(
     hematocrit: float,
     tissue_density_g_per_ml: float,
 ) -> dict[str, np.ndarray]:
-    """Fitted amplitudes [P, 2] and theta [P, 3] -> MBF, PS, Vb, Visf per gram of tissue.
+    """Fitted amplitudes [P, L] and theta [P, 3] -> MBF, PS, Vb, Visf per gram of tissue.
 
     Returns float64 [P] arrays ``mbf_ml_min_g``, ``ps_ml_min_g``, ``vb_ml_g``, ``visf_ml_g``,
     ``delay_s`` and ``extraction`` (E, 0-1). Non-physical combinations give NaN (the solver then
-    flags the pixel).
+    flags the pixel); Fermi deconvolution gives MBF and delay only (the others NaN).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        a1, a2 = amplitudes[:, 0], amplitudes[:, 1]
-        if model == "bte":
+        a1 = amplitudes[:, 0]
+        a2 = amplitudes[:, 1] if amplitudes.shape[1] > 1 else np.zeros_like(a1)
+        if model == "fermi":
+            fb = a1
+            ps = vb = visf = extraction = np.full_like(a1, np.nan)
+        elif model == "bte":
             fb = a1
             extraction = a2 / a1
             fp = fb * (1.0 - hematocrit)

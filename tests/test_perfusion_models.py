@@ -59,6 +59,25 @@ def test_2cxm_recovers_the_parameters_of_dcmri_two_compartment_curves(acquisitio
     np.testing.assert_allclose(fit.visf_ml_g, TRUTH[:, 3], rtol=0.05)
 
 
+def test_fermi_deconvolution_recovers_the_flow_of_independent_fermi_curves(acquisition):
+    times, aif = acquisition
+    step = 0.01
+    fine_t = times[0] + step * np.arange(int((times[-1] - times[0]) / step) + 1)
+    fine_aif = np.interp(fine_t, times, aif)
+    lag = step * np.arange(fine_t.size)
+    truth = np.array([(0.5, 4.0, 1.5, 1.0), (1.2, 3.0, 1.0, 0.5), (5.0, 1.5, 0.5, 2.0)])
+    curves = []
+    for mbf, shoulder, width, delay in truth:  # MBF ml/min/g, tau0 s, w s, delay s
+        response = (1 + np.exp(-shoulder / width)) / (1 + np.exp((lag - shoulder) / width))
+        tissue = mbf * 1.05 / 60 * np.convolve(fine_aif, response)[: fine_t.size] * step
+        curves.append(np.interp(times - delay, fine_t, tissue, left=0.0))
+    fit = fit_perfusion(aif, np.array(curves), times, model="fermi")
+    assert (fit.failure == FIT_OK).all()
+    np.testing.assert_allclose(fit.mbf_ml_min_g, truth[:, 0], rtol=0.02)
+    np.testing.assert_allclose(fit.delay_s, truth[:, 3], atol=0.05)
+    assert np.isnan(fit.ps_ml_min_g).all()  # Fermi deconvolution gives the flow only
+
+
 def test_hematocrit_moves_the_exchange_not_the_blood_flow(acquisition):
     times, aif = acquisition
     curves = tissue_curves(aif, times, TRUTH[1:2])

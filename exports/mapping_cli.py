@@ -195,13 +195,17 @@ def run_mapping(args: argparse.Namespace) -> int:
         min_valid_t2=args.min_valid_t2,
         min_valid_t1=args.min_valid_t1,
         mask_threshold=args.mask_threshold,
+        fuse_slice=args.fuse_slice,
+        mask_cleanup=args.mask_cleanup,
     )
     segmenter = None
     model_info: dict[str, Any] = {"model": "", "weights_sha256": ""}
     if args.model is not None:
         try:
             artifact = load_artifact(args.model, expected_task=MYOCARDIUM_TASK)
-            segmenter = MyocardiumSegmenter(artifact, threshold=settings.mask_threshold)
+            segmenter = MyocardiumSegmenter(
+                artifact, threshold=settings.mask_threshold, fuse_slice=settings.fuse_slice
+            )
         except ArtifactError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -319,6 +323,12 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="slice success: valid native and post images needed (each)")  # fmt: skip
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold,
                    help="probability threshold of the segmentation model")  # fmt: skip
+    p.add_argument("--fuse-slice", action="store_true",
+                   help="with --model: one segmentation per slice from the mean probability of "
+                   "its images (motion-corrected series)")  # fmt: skip
+    p.add_argument("--mask-cleanup", action="store_true",
+                   help="before the shape QC: fill holes other than the cavity, close gaps of "
+                   "up to 2 px in an open ring")  # fmt: skip
     add_dicom_output_arguments(p)
     p.set_defaults(handler=run_mapping)
     return p

@@ -75,6 +75,12 @@ class MappingSettings:
             count is for 11 images and scales with the sequence's image count,
             ``aha_segments.valid_t1_images_needed``).
         mask_threshold: probability above which a pixel is myocardium (with a model).
+        fuse_slice: with a model, one segmentation per slice: the mean of the probabilities of
+            all its images, thresholded, for every image (the images of a mapping slice share
+            the anatomy; meant for motion-corrected series, as the images are then not aligned
+            by their own masks).
+        mask_cleanup: before the QC, fill the holes of a mask other than the cavity and close
+            gaps of up to 2 px in an open ring (``exports.mask_preparation.clean_myocardium``).
     """
 
     max_eccentricity: float = MAX_ECCENTRICITY
@@ -99,6 +105,8 @@ class MappingSettings:
     min_valid_t2: int = MIN_VALID_T2_IMAGES
     min_valid_t1: int = MIN_VALID_T1_IMAGES
     mask_threshold: float = 0.5
+    fuse_slice: bool = False
+    mask_cleanup: bool = False
 
     def __post_init__(self) -> None:
         choices = {

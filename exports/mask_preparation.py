@@ -11,15 +11,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from exports.mapping_settings import MappingError, MappingSettings
 from exports.mapping_slice import Acquisition
 from quantification.ecv import prune_boundary
 from quantification.mask_alignment import replace_failed_masks
-from quantification.myocardium_shape import shape_qc
+from quantification.myocardium_shape import largest_object, shape_qc
 from quantification.polar import PolarGeometry, polar_geometry, to_polar
 
-__all__ = ["PreparedAcquisition", "analysed_region", "common_ring", "prepare_acquisition"]
+__all__ = [
+    "CLEANUP_GAP_PX",
+    "PreparedAcquisition",
+    "analysed_region",
+    "clean_myocardium",
+    "common_ring",
+    "prepare_acquisition",
+]
+
+CLEANUP_GAP_PX = 2
+"""Gaps of an open predicted ring closed by :func:`clean_myocardium`, px (radius of the disc)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,34 @@ def common_ring(geometries: list[PolarGeometry | None]) -> list[PolarGeometry | 
     ]
 
 
+def clean_myocardium(mask: np.ndarray, gap_px: int = CLEANUP_GAP_PX) -> np.ndarray:
+    """bool [H, W]: a predicted myocardium tidied before its shape QC.
+
+    The largest 8-connected object; every hole but the largest (the cavity) filled (small holes
+    in the wall make the Euler number negative); and a ring left open by a gap of up to
+    ``gap_px`` pixels closed (binary closing with a disc of that radius, only when the object has
+    no hole at all: a closed ring is never changed). docs/method.md §B2.
+    """
+    obj = largest_object(mask)
+    if not obj.any():
+        return obj
+    holes, n_holes = ndimage.label(~obj & ndimage.binary_fill_holes(obj))
+    if n_holes == 0 and gap_px > 0:
+        rows, cols = np.ogrid[-gap_px : gap_px + 1, -gap_px : gap_px + 1]
+        disc = rows**2 + cols**2 <= gap_px**2
+        closed = ndimage.binary_closing(np.pad(obj, gap_px), structure=disc)
+        closed = closed[gap_px:-gap_px, gap_px:-gap_px]
+        holes, n_holes = ndimage.label(~closed & ndimage.binary_fill_holes(closed))
+        if n_holes == 0:
+            return obj
+        obj = closed
+    if n_holes > 1:
+        sizes = ndimage.sum_labels(np.ones_like(holes), holes, index=np.arange(1, n_holes + 1))
+        cavity = int(np.argmax(sizes)) + 1
+        obj = obj | ((holes > 0) & (holes != cavity))
+    return obj
+
+
 def prepare_acquisition(
     acquisition: Acquisition,
     settings: MappingSettings,
@@ -116,6 +155,8 @@ def prepare_acquisition(
         raw = np.asarray(acquisition.masks) != 0
     else:
         raise MappingError(f"{where}: no masks stored and no segmentation model given")
+    if s.mask_cleanup:
+        raw = np.stack([clean_myocardium(m) for m in raw])
     qcs = [
         shape_qc(
             m,

@@ -32,7 +32,13 @@ class MyocardiumSegmenter:
     thresholded at ``threshold``.
     """
 
-    def __init__(self, artifact: Artifact, threshold: float = 0.5, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        threshold: float = 0.5,
+        batch_size: int = 16,
+        fuse_slice: bool = False,
+    ) -> None:
         meta = artifact.metadata
         if meta["task"] != MYOCARDIUM_TASK:
             raise ArtifactError(
@@ -57,13 +63,15 @@ class MyocardiumSegmenter:
         self.artifact = artifact
         self.threshold = threshold
         self.batch_size = batch_size
+        self.fuse_slice = fuse_slice
         self.size = int(size[0])
         self.percentiles = tuple(float(p) for p in prep.get("percentiles", (1.0, 99.0)))
         self.clip = bool(prep.get("clip", True))
         self.keep_aspect = bool(prep.get("keep_aspect", False))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """float32 [N, H, W] P(myocardium) of native-size images [N, H, W]."""
+        """float32 [N, H, W] P(myocardium) of native-size images [N, H, W] of one slice; with
+        ``fuse_slice`` the mean over the N images, the same for each."""
         images = np.asarray(images, dtype=np.float32)
         geometry = ResizeGeometry(*images.shape[-2:], size=self.size, keep_aspect=self.keep_aspect)
         x = normalize_intensity(images, *self.percentiles, clip=self.clip)
@@ -79,7 +87,11 @@ class MyocardiumSegmenter:
                 )
             channel = 0 if prob.shape[1] == 1 else self.channel
             out.append(prob[:, channel].float())
-        return probability_from_network(torch.cat(out).numpy(), geometry)
+        probabilities = probability_from_network(torch.cat(out).numpy(), geometry)
+        if self.fuse_slice:
+            fused = probabilities.mean(axis=0, dtype=np.float32)
+            probabilities = np.broadcast_to(fused, probabilities.shape).copy()
+        return probabilities
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """bool [N, H, W] myocardium masks of native-size images [N, H, W]."""

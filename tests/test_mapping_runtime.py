@@ -133,8 +133,9 @@ class _RingModel(nn.Module):
         return torch.cat([1.0 - p, p], dim=1)
 
 
-def _export(ring: torch.Tensor, path, task: str = MYOCARDIUM_TASK) -> None:
-    scripted = torch.jit.script(_RingModel(ring))
+def export_myocardium_model(module: nn.Module, path, task: str = MYOCARDIUM_TASK) -> None:
+    """``module`` ([B, 1, 256, 256] -> [B, 2, 256, 256]) as a myocardium artifact at ``path``."""
+    scripted = torch.jit.script(module)
     plain = path.with_suffix(".plain")
     torch.jit.save(scripted, str(plain))
     metadata = dict.fromkeys(METADATA_KEYS)
@@ -176,7 +177,7 @@ def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
 
     ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
     model = tmp_path / "myo_unet.ts"
-    _export(ring[0], model)
+    export_myocardium_model(_RingModel(ring[0]), model)
     out = tmp_path / "with_model.h5"
     assert _run("--model", model, "--input", unmasked, "--output", out) == 0
     reference = tmp_path / "stored_masks.h5"
@@ -195,7 +196,7 @@ def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
         assert np.nanmean(t2) == pytest.approx(truth, abs=4.0)
 
     wrong = tmp_path / "aif.ts"
-    _export(ring[0], wrong, task="some_other_task")
+    export_myocardium_model(_RingModel(ring[0]), wrong, task="some_other_task")
     assert _run("--model", wrong, "--input", unmasked, "--output", tmp_path / "x.h5") == 2
 
 

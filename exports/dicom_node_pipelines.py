@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import shutil
@@ -67,6 +68,7 @@ class NodeModels:
         from exports.mapping_pipeline import MappingPipeline, MappingSettings
 
         self.mapping = MappingPipeline(MappingSettings(), self.loaded.myocardium)
+        memoise_highdicom_iod_lookups()
 
 
 @dataclass
@@ -95,6 +97,37 @@ class _Job:
     def source(self) -> Path:
         """Links to the source files of the job's series (the writers scan only those)."""
         return self.folder / "source"
+
+
+def memoise_highdicom_iod_lookups() -> None:
+    """highdicom asks, for every source image a Segmentation or Parametric Map references,
+    whether its IOD has pixel data and allows several frames, by walking the standard's module
+    tables (about 7 ms per image; a perfusion Segmentation references 76). The answer depends
+    on the attribute and the SOP Class UID only, so ``is_attribute_in_iod`` is memoised (same
+    answers) where highdicom looks it up (its standard tables module, and the modules that
+    import it by name)."""
+    import highdicom._standard_utils as standard
+    import highdicom.base
+    import highdicom.sr.content
+
+    original = standard.is_attribute_in_iod
+    if getattr(original, "memoised", False):
+        return
+
+    @functools.lru_cache(maxsize=1024)
+    def cached(attribute: str, sop_class_uid: str, exclude: tuple[str, ...] | None) -> bool:
+        return original(attribute, sop_class_uid, None if exclude is None else list(exclude))
+
+    def is_attribute_in_iod(
+        attribute: str, sop_class_uid: str, exclude_path_elements: Any = None
+    ) -> bool:
+        exclude = None if exclude_path_elements is None else tuple(exclude_path_elements)
+        return cached(attribute, str(sop_class_uid), exclude)
+
+    is_attribute_in_iod.memoised = True  # type: ignore[attr-defined]
+    for module in (standard, highdicom.base, highdicom.sr.content):
+        if hasattr(module, "is_attribute_in_iod"):
+            module.is_attribute_in_iod = is_attribute_in_iod
 
 
 def _silently(write: Callable[..., int], *args: Any) -> tuple[int, list[str]]:

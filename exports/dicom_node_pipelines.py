@@ -190,7 +190,8 @@ def _run_mapping(
                 job.figures.append((png, uid))
     args = argparse.Namespace(
         dicom_source=job.source, dicom_out=job.dicom, input=inputs.get("input"),
-        native=inputs.get("native"), post=inputs.get("post"), model=models.myocardium_model,
+        t1=inputs.get("input"), native=inputs.get("native"), post=inputs.get("post"),
+        model=models.myocardium_model,
     )  # fmt: skip
     status, printed = _silently(write_mapping_dicom, args, done, models.loaded.myocardium_sha256)
     return problems + ([] if status == 0 else [line for line in printed if "FAILED" in line])

@@ -68,7 +68,7 @@ COMPRESSED = (
 
 def accepted_transfer_syntaxes() -> list[str]:
     """The uncompressed syntaxes and the compressed ones whose pixel decoder is installed
-    (what :mod:`formats.dicom_pixels` can read)."""
+    (what :mod:`formats.dicom.pixels` can read)."""
     from pydicom.pixels.decoders.base import get_decoder
 
     return [*UNCOMPRESSED, *(uid for uid in COMPRESSED if get_decoder(uid).is_available)]

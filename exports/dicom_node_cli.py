@@ -50,12 +50,12 @@ def run_dicom_node(args: argparse.Namespace) -> int:
     """The ``dicom-node`` subcommand; returns the exit status."""
     import torch
 
+    from deployment.artifact import ArtifactError
     from exports.dicom_node import DicomNode, NodeSettings
     from exports.dicom_node_pipelines import NodeModels
     from exports.dicom_node_sender import Destination, FolderSender, StoreSender
     from exports.dicom_spool import Spool
     from exports.mrd_server import load_models
-    from formats.artifact import ArtifactError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if (args.send_to is None) == (args.output_dir is None):
@@ -76,7 +76,7 @@ def run_dicom_node(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        loaded = load_models(args.aif_model, args.myocardium_model)
+        loaded = load_models(args.aif_model, args.myocardium_model, threads=args.threads)
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

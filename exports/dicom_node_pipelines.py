@@ -2,7 +2,7 @@
 
 The same steps as the file-based runtime, with the models loaded once by the node:
 
-1. ``python -m exports dicom-import``'s :func:`formats.dicom_import.import_dicom` classifies
+1. ``python -m exports dicom-import``'s :func:`formats.dicom.importer.import_dicom` classifies
    every series (AIF, T1 native, T1 post-contrast, T2) and writes the HDF5 contracts;
 2. each kind runs through its pipeline, as ``python -m exports aif`` / ``mapping`` do
    (:class:`exports.aif_pipeline.AIFPipeline`, :func:`exports.mapping_cli.run_single` and
@@ -65,7 +65,8 @@ class NodeModels:
     mapping: MappingPipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        from exports.mapping_pipeline import MappingPipeline, MappingSettings
+        from exports.mapping_pipeline import MappingPipeline
+        from exports.mapping_settings import MappingSettings
 
         self.mapping = MappingPipeline(MappingSettings(), self.loaded.myocardium)
         memoise_highdicom_iod_lookups()
@@ -145,7 +146,7 @@ def _first_uid(h5_path: Path, group: str) -> str:
 
 def _run_aif(models: NodeModels, path: Path, job: _Job) -> list[str]:
     """``python -m exports aif --dicom-out``'s steps; returns the problems."""
-    from exports.__main__ import read_cases
+    from exports.aif_cli import read_cases
     from exports.aif_pipeline import AIFCase, AIFResult
     from exports.dicom_output import write_aif_dicom
     from exports.figures import plot_case
@@ -206,7 +207,7 @@ def figure_image(
     import highdicom as hd
     from matplotlib.image import imread
 
-    from formats.dicom_results import software_version
+    from formats.dicom.results import software_version
 
     rgba = imread(png)
     rgb = np.round(rgba[..., :3] * 255).astype(np.uint8)
@@ -244,8 +245,8 @@ def process_study(
     """Import the study's files in ``source``, run every job and put the results of the jobs
     that succeeded into ``results`` (module docstring). ``work`` is a scratch folder."""
     from exports.mapping_cli import run_ecv, run_single
-    from formats.dicom_files import DicomImportError, scan_dicom_folder
-    from formats.dicom_import import ImportOptions, import_dicom
+    from formats.dicom.files import DicomImportError, scan_dicom_folder
+    from formats.dicom.importer import ImportOptions, import_dicom
 
     report = RoundReport()
     try:

@@ -66,14 +66,15 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     return write_phantom_study(tmp_path_factory.mktemp("scanner_export"))
 
 
-@pytest.fixture(scope="module")
-def model_paths(study: PhantomStudy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def export_stand_in_models(study: PhantomStudy, folder: Path) -> dict[str, Path]:
     """Stand-in models exported for real: the bolus-timing AIF model of the MRD server tests
     and a myocardium model that always answers the phantom's myocardial ring."""
-    from callbacks.export import export_artifact
+    import warnings
+
+    from deployment.exporter import export_artifact
     from quantification.aif_preprocessing import AIFPreprocessing, preprocess_aif_series
 
-    folder = tmp_path_factory.mktemp("models")
+    folder.mkdir(parents=True, exist_ok=True)
     scan = study.aif
     image = preprocess_aif_series(scan.series, scan.times_s, scan.n_pd_frames).image[None]
     meta = {"preprocessing": asdict(AIFPreprocessing()), "model": "bolustiming"}
@@ -81,9 +82,15 @@ def model_paths(study: PhantomStudy, tmp_path_factory: pytest.TempPathFactory) -
                     folder / "aif.ts", meta)  # fmt: skip
     mask = study.acquisitions["t1_native"].masks[0].astype(np.float32)
     ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
-    with pytest.warns(DeprecationWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script / save
         export_ring_model(ring[0], folder / "myo.ts")
     return {"aif": folder / "aif.ts", "myocardium": folder / "myo.ts"}
+
+
+@pytest.fixture(scope="module")
+def model_paths(study: PhantomStudy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return export_stand_in_models(study, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
@@ -334,16 +341,12 @@ def test_an_interrupted_round_is_done_again(study, tmp_path):
 # ------------------------------------------------------------------------------------ the node
 #                                                       as a process: killed and restarted
 
-NODE = ("import argparse, sys; from exports.dicom_node_cli import add_dicom_node_parser; "
-        "p = argparse.ArgumentParser(); add_dicom_node_parser(p.add_subparsers()); "
-        "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))")  # fmt: skip
-
 
 @contextmanager
 def node_process(args: list) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m exports dicom-node ARGS --port <free>``; (process, port) once listening."""
     port = free_port()
-    command = [sys.executable, "-c", NODE, "dicom-node", *map(str, args), "--port", str(port)]
+    command = [sys.executable, "-m", "exports", "dicom-node", *map(str, args), "--port", str(port)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
     lines: list[str] = []

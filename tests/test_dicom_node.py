@@ -43,7 +43,7 @@ from exports.mrd_server import load_models
 from tests.dicom.conftest import run_cli
 from tests.dicom.vendor_dicom import PhantomStudy, write_phantom_study
 from tests.mrd_cases import BolusTiming
-from tests.test_mapping_runtime import _export as export_ring_model
+from tests.test_mapping_runtime import _RingModel, export_myocardium_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180.0
@@ -84,7 +84,7 @@ def export_stand_in_models(study: PhantomStudy, folder: Path) -> dict[str, Path]
     ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script / save
-        export_ring_model(ring[0], folder / "myo.ts")
+        export_myocardium_model(_RingModel(ring[0]), folder / "myo.ts")
     return {"aif": folder / "aif.ts", "myocardium": folder / "myo.ts"}
 
 

@@ -104,7 +104,7 @@ EXPORT_AND_HANG = textwrap.dedent(
     """
     import sys, time
     import torch
-    import callbacks.export as export
+    import deployment.exporter as export
     from lightning_modules.networks.resunet import ResUNet
 
     def hang(path, **options):  # called on the complete temporary file, before its rename

@@ -179,6 +179,7 @@ def run_mapping(args: argparse.Namespace) -> int:
         n_angles=args.n_angles,
         n_depth=args.n_depth,
         prune_px=args.prune_px,
+        min_analysed_fraction=args.min_analysed_fraction,
         t2_range_ms=tuple(args.t2_range_ms),
         ecv_range_percent=tuple(args.ecv_range_percent),
         t1_range_ms=tuple(args.t1_range_ms),
@@ -280,6 +281,9 @@ def add_mapping_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-depth", type=int, default=d.n_depth, help="polar transmural samples")
     p.add_argument("--prune-px", type=int, default=d.prune_px,
                    help="boundary pixels eroded from endo- and epicardium")  # fmt: skip
+    p.add_argument("--min-analysed-fraction", type=float, default=d.min_analysed_fraction,
+                   help="prune less where --prune-px would leave less than this fraction of "
+                   "the myocardium mask (%(default)s)")  # fmt: skip
     p.add_argument("--t2-range-ms", type=float, nargs=2, default=d.t2_range_ms,
                    help="valid T2 range, ms")  # fmt: skip
     p.add_argument("--ecv-range-percent", type=float, nargs=2, default=d.ecv_range_percent,

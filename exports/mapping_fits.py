@@ -154,7 +154,7 @@ def map_and_roi(
     """The fitted map and its R^2 in the reference image's pixels, and (``segment_fit="roi"``)
     the ROI fit: regions bool [K, H, W] -> the fit of each region's mean signal [K]."""
     geometry = prepared.reference_geometry
-    region = analysed_region(prepared, settings.prune_px, details)
+    region = analysed_region(prepared, settings.prune_px, details, settings.min_analysed_fraction)
     result = fit(corrected.polar)
     details["fit_failed_fraction"] = float(np.mean(result.flags != 0))
     cart = from_polar(np.stack([result.t_ms, result.r_squared]), geometry, region)

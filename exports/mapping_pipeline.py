@@ -424,7 +424,7 @@ class MappingPipeline:
             return self._finish(prepared, "ecv_percent", None, False, reason, details)
         ecv_polar = ecv_percent(t1_polar[0], t1_polar[1], t1_blood[0], t1_blood[1], hematocrit)
         post_prepared = prepared[1]
-        region = analysed_region(post_prepared, s.prune_px, details)
+        region = analysed_region(post_prepared, s.prune_px, details, s.min_analysed_fraction)
         cart = from_polar(ecv_polar, post_prepared.reference_geometry, region)
         details["hematocrit"] = float(hematocrit)
         values = in_range(cart, s.ecv_range_percent, details)

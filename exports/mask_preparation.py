@@ -200,15 +200,19 @@ def prepare_acquisition(
 
 
 def analysed_region(
-    prepared: PreparedAcquisition, prune_px: int, details: dict[str, Any]
+    prepared: PreparedAcquisition,
+    prune_px: int,
+    details: dict[str, Any],
+    min_fraction: float = 0.0,
 ) -> np.ndarray:
-    """The reference mask without ``prune_px`` boundary pixels; a wall too thin for that
-    (a thin myocardium at a coarse resolution) is pruned less, down to 0, rather than
-    analysed nowhere (the width used is ``details["prune_px_used"]``)."""
+    """The reference mask without ``prune_px`` boundary pixels. A wall too thin for that (a
+    thin myocardium at a coarse resolution: pruning 2 px at each border of a 4 px wall leaves
+    nothing) is pruned less, down to 0, until at least ``min_fraction`` of the mask and one
+    pixel are left (the width used is ``details["prune_px_used"]``)."""
     mask = prepared.masks[prepared.reference]
     width = prune_px
     region = prune_boundary(mask, width)
-    while width > 0 and not region.any():
+    while width > 0 and (not region.any() or region.sum() < min_fraction * mask.sum()):
         width -= 1
         region = prune_boundary(mask, width)
     details["prune_px_used"] = width

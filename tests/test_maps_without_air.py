@@ -7,6 +7,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from datamodules.synthetic.mapping_phantom import write_mapping_phantoms
 from exports.mapping_pipeline import Acquisition, MappingPipeline, MappingSettings
@@ -79,7 +80,15 @@ def test_a_slice_without_a_finite_myocardial_value_fails_with_its_reason(molli):
 
 
 def test_a_wall_too_thin_for_the_pruning_is_pruned_less(molli):
-    images, ti, masks, _, _, level = next(_slices(molli["t1_native"]))
+    images, ti, masks, _, _, level = next(_slices(molli["t1_native"], ("slice_4",)))
+    normal = MappingPipeline().t1_slice(_acquisition(images, ti, masks, level))
+    assert normal.details["t1"]["prune_px_used"] == 2
+    thin_masks = np.stack([ndimage.binary_erosion(m) for m in masks])  # a 4 px wall
+    thin = MappingPipeline().t1_slice(_acquisition(images, ti, thin_masks, level))
+    assert thin.details["t1"]["prune_px_used"] == 1  # 2 px would leave 1 pixel of 290
+    assert thin.n_pixels >= 0.15 * thin_masks[0].sum()
+    assert np.nanmedian(thin.values) == pytest.approx(np.nanmedian(normal.values), rel=0.01)
+
     thick = MappingSettings(prune_px=8)  # more than half the wall: nothing would be left
     result = MappingPipeline(thick).t1_slice(_acquisition(images, ti, masks, level))
     assert result.success and result.n_pixels > 0

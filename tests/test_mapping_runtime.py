@@ -159,6 +159,11 @@ def export_myocardium_model(module: nn.Module, path, task: str = MYOCARDIUM_TASK
     torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
 
 
+def _export(ring: torch.Tensor, path, task: str = MYOCARDIUM_TASK) -> None:
+    """A fixed ``ring`` [1, 256, 256] as a myocardium artifact (tests/test_mrd_server.py)."""
+    export_myocardium_model(_RingModel(ring), path, task)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
     # an input without masks: one slice of the phantom
@@ -177,7 +182,7 @@ def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
 
     ring = F.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear")
     model = tmp_path / "myo_unet.ts"
-    export_myocardium_model(_RingModel(ring[0]), model)
+    _export(ring[0], model)
     out = tmp_path / "with_model.h5"
     assert _run("--model", model, "--input", unmasked, "--output", out) == 0
     reference = tmp_path / "stored_masks.h5"
@@ -196,7 +201,7 @@ def test_segmentation_artifact_replaces_the_stored_masks(phantoms, tmp_path):
         assert np.nanmean(t2) == pytest.approx(truth, abs=4.0)
 
     wrong = tmp_path / "aif.ts"
-    export_myocardium_model(_RingModel(ring[0]), wrong, task="some_other_task")
+    _export(ring[0], wrong, task="some_other_task")
     assert _run("--model", wrong, "--input", unmasked, "--output", tmp_path / "x.h5") == 2
 
 

@@ -22,8 +22,8 @@ MBF_DISPLAY_RANGE_ML_MIN_G = (0.0, 6.0)
 def _example_pixel(fit: PerfusionFit, mask: np.ndarray | None) -> tuple[int, ...] | None:
     """A fitted pixel, in the myocardium when there is a mask: the one with the median MBF."""
     ok = fit.failure == FIT_OK
-    if mask is not None and (ok & mask).any():
-        ok &= mask
+    if mask is not None and (ok & (mask > 0)).any():
+        ok &= mask > 0
     if not ok.any():
         return None
     candidates = np.argwhere(ok)
@@ -42,7 +42,7 @@ def plot_perfusion_case(case_id: str, times_s: np.ndarray, aif_gd: np.ndarray,
         aif_gd: float [T] AIF, mmol/L.
         images_gd: float [S, T, H, W] tissue, mmol/L.
         fit: the pixel-wise fit (maps [S, H, W], ``fitted_gd`` [S, H, W, T]).
-        mask: bool [S, H, W] myocardium, or None.
+        mask: [S, H, W] myocardial segment labels (> 0 myocardium), or None.
         directory: output folder (created if needed).
     """
     import matplotlib

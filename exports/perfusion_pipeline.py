@@ -12,6 +12,7 @@ myocardium mask, the fit of each slice's mean myocardial curve
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,29 @@ def case_gd(case: PerfusionCase, where: str) -> tuple[np.ndarray, np.ndarray, np
     return case.aif_gd, case.perfusion_gd, case.times_s
 
 
+def _segments(labels: np.ndarray, images: np.ndarray, fit: PerfusionFit, aif_gd: np.ndarray,
+              times: np.ndarray, options: dict) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per slice and segment label: the fit of the segment's mean curve [S, L, 5] (NaN where a
+    slice lacks the label) and the mean of its pixel MBFs [S, L]."""
+    values = np.unique(labels[labels > 0])
+    masks = labels[:, None] == values[None, :, None, None]  # [S, L, H, W]
+    n_px = masks.sum(axis=(2, 3))
+    curves = np.einsum("sthw,slhw->slt", images, masks) / np.maximum(n_px, 1)[..., None]
+    regional = fit_perfusion(aif_gd, curves, times, **options)
+    table = np.stack([getattr(regional, name) for name in PARAMETER_NAMES], axis=2)
+    mbf = np.where(masks, fit.mbf_ml_min_g[:, None], np.nan).reshape(*masks.shape[:2], -1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a segment with no fitted pixel: NaN
+        pixel_mean = np.nanmean(mbf, axis=2)
+    empty = n_px == 0
+    table[empty] = np.nan
+    return {
+        "segment_labels": values.astype(np.int64),
+        "segments": table.astype(np.float64),
+        "pixel_mean_mbf_ml_min_g": np.where(empty, np.nan, pixel_mean),
+    }
+
+
 def map_case(
     case: PerfusionCase, settings: PerfusionSettings, where: str
 ) -> tuple[PerfusionResult, PerfusionFit, np.ndarray]:
@@ -109,17 +133,7 @@ def map_case(
         "r_squared": squeeze(fit.r_squared),
         "failure": squeeze(fit.failure),
     }
-    regions: dict[str, np.ndarray] = {}
-    if case.mask is not None:
-        n_px = np.maximum(case.mask.sum(axis=(1, 2)), 1)
-        mean_curves = np.einsum("sthw,shw->st", images, case.mask) / n_px[:, None]
-        regional = fit_perfusion(aif_gd, mean_curves, times, **options)
-        regions["myocardium"] = np.stack(
-            [getattr(regional, name) for name in PARAMETER_NAMES], axis=1
-        ).astype(np.float64)
-        mbf = np.where(case.mask, fit.mbf_ml_min_g, np.nan)
-        with np.errstate(invalid="ignore"):
-            regions["pixel_mean_mbf_ml_min_g"] = np.nanmean(mbf.reshape(mbf.shape[0], -1), 1)
+    regions = {} if case.mask is None else _segments(case.mask, images, fit, aif_gd, times, options)
     result = PerfusionResult(
         maps=maps,
         aif_gd=aif_gd,

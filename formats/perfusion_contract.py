@@ -7,7 +7,9 @@ Gadolinium units (data already converted, as many groups publish them)::
     /<case_id>/aif_gd          float [T]               blood AIF, mmol/L (whole blood)
     /<case_id>/perfusion_gd    float [T, H, W] or [S, T, H, W]  tissue, mmol/L
     /<case_id>/times_s         float [T]               frame times, s, finite, strictly increasing
-    /<case_id>/myocardium_mask uint8 [H, W] or [S, H, W]  optional: 1 = myocardium (regional fits)
+    /<case_id>/myocardium_mask uint8 [H, W] or [S, H, W]  optional: 0 elsewhere, > 0 myocardium;
+                               each value is a segment (e.g. AHA 1-16, or 1 for all) fitted
+                               as a region
     attrs on /<case_id>:       optional hematocrit (0 < Hct < 1), patient_id (str)
 
 Dual sequence (the acquisition itself): an AIF case of :mod:`formats.aif_contract` (``series``
@@ -32,8 +34,10 @@ Results (written atomically by :func:`write_perfusion_results`), one group per c
     /<case_id>/rmse_mmol_l   r_squared                                  float32, fit quality
     /<case_id>/failure                                                  uint8 reason code
     /<case_id>/aif_gd [T], /<case_id>/times_s [T]                       the AIF that was used
-    /<case_id>/regions/<name>  (with a mask) float64 [S, 5]: per slice the fit of the mean
-                               myocardial curve (mbf, ps, vb, visf, delay), and ``pixel_mean_mbf``
+    /<case_id>/regions/segments (with a mask) float64 [S, L, 5]: per slice and segment label
+                               the fit of the segment's mean curve (mbf, ps, vb, visf, delay;
+                               NaN where the slice lacks the label); segment_labels int [L];
+                               pixel_mean_mbf_ml_min_g [S, L] (the mean of the pixel maps)
     attrs: model, hematocrit, tissue_density_g_per_ml, failure_reasons (JSON), source ("gd" |
            "dual_sequence"); a case that failed has only the attr ``error``.
 """
@@ -105,7 +109,7 @@ class PerfusionCase:
         aif_gd: float64 [T] or None (dual case).
         perfusion_gd: float64 [S, T, H, W] (a single slice gets S = 1) or None (dual case).
         dual: the dual-sequence acquisition or None.
-        mask: bool [S, H, W] myocardium, or None.
+        mask: uint8 [S, H, W] myocardial segment labels (0 elsewhere), or None.
         hematocrit: the case's attr, or None.
         squeeze_slices: the input had no slice axis (results are written [H, W]).
     """
@@ -153,11 +157,14 @@ def _mask(group: h5py.Group, path: Any, case_id: str, shape: tuple[int, ...]) ->
     if "myocardium_mask" not in group:
         return None
     mask = _read(group, path, case_id, "myocardium_mask", (2, 3), "uint8 [H, W] or [S, H, W]")
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255 or not (mask > 0).any():
+        raise _error(path, case_id, "myocardium_mask", "segment labels 0-255 with at least one "
+                     "myocardial pixel (> 0)", f"values {mask.min()}-{mask.max()}")  # fmt: skip
     mask = mask.reshape((-1,) + mask.shape[-2:])
     if mask.shape != shape:
         raise _error(path, case_id, "myocardium_mask", f"shape {shape} (slices, H, W)",
                      f"{mask.shape}")  # fmt: skip
-    return mask == 1
+    return mask.astype(np.uint8)
 
 
 def read_perfusion_case(h5: h5py.File, case_id: str, path_for_errors: Any) -> PerfusionCase:

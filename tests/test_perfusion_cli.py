@@ -34,11 +34,17 @@ def test_maps_every_case_and_draws_its_figure(phantoms, tmp_path, capsys):
         for case in maps:
             assert maps[f"{case}/mbf_ml_min_g"].shape == (3, 24, 24)
             assert maps[f"{case}/failure"].dtype == np.uint8
-            assert maps[f"{case}/regions/myocardium"].shape == (3, 5)
+            assert maps[f"{case}/regions/segments"].shape == (3, 6, 5)
+            np.testing.assert_array_equal(maps[f"{case}/regions/segment_labels"], np.arange(1, 7))
             assert maps[case].attrs["hematocrit"] == pytest.approx(0.42)
         assert abs(_median_error(maps, truth, "rest")) < 0.1
         assert abs(_median_error(maps, truth, "stress")) < 0.15
         assert abs(_median_error(maps, truth, "stress_dual")) < 0.25
+        # each segment's mean curve, fitted as a region, against the segment's true MBF
+        for case, tolerance in (("rest", 0.05), ("stress", 0.15)):
+            found = maps[f"{case}/regions/segments"][:, :, 0]
+            expected = truth[f"{case}/truth/segment_params"][:, :, 0]
+            assert np.median(np.abs(found / expected - 1)) < tolerance
         # the AIF converted from the dual sequence's saturation-recovery signal
         np.testing.assert_allclose(maps["stress_dual/aif_gd"][()],
                                    truth["stress_dual/truth/aif_gd"][()], atol=0.25)  # fmt: skip

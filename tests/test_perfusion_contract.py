@@ -36,6 +36,7 @@ def test_a_single_slice_gd_case_reads_as_one_slice_and_remembers_it(tmp_path):
         case = read_perfusion_case(h5, "p1_rest", path)
     assert case.perfusion_gd.shape == (1, T, 5, 6) and case.squeeze_slices
     assert case.hematocrit == pytest.approx(0.40) and case.mask.shape == (1, 5, 6)
+    assert (case.mask == 1).all()  # one segment: the whole myocardium
     assert case.dual is None
 
 

@@ -162,8 +162,9 @@ class PerfusionPhantom:
         aif_gd: float64 [T] blood AIF, mmol/L.
         perfusion_gd: float32 [S, T, H, W] tissue Gd with noise, mmol/L.
         truth: dict of float32 [S, H, W] maps (mbf_ml_min_g, ps_ml_min_g, vb_ml_g, visf_ml_g,
-            delay_s; NaN outside tissue) and ``labels`` uint8 [S, H, W] (0 air, 1 body, 2 LV,
-            3 myocardium).
+            delay_s; NaN outside tissue), ``labels`` uint8 [S, H, W] (0 air, 1 body, 2 LV,
+            3 myocardium) and ``segments`` uint8 [S, H, W] (myocardial segment 1-6, 0 elsewhere:
+            the file's ``myocardium_mask``).
         segment_params: float64 [S, 6, 5] parameters of the myocardial segments.
         stress: whether it is a stress scan.
     """
@@ -213,6 +214,7 @@ def simulate_case(rng: np.random.Generator, n_slices: int = 3, shape: tuple[int,
     names = ("mbf_ml_min_g", "ps_ml_min_g", "vb_ml_g", "visf_ml_g", "delay_s")
     truth = {name: np.full((n_slices,) + shape, np.nan, np.float32) for name in names}
     all_labels = np.zeros((n_slices,) + shape, np.uint8)
+    segment_labels = np.zeros((n_slices,) + shape, np.uint8)
     for s in range(n_slices):
         labels, segment = _labels(shape, rng)
         all_labels[s] = labels
@@ -220,12 +222,14 @@ def simulate_case(rng: np.random.Generator, n_slices: int = 3, shape: tuple[int,
         images[s][:, labels == 1] = body_curve[:, None]
         images[s][:, labels == 2] = aif[:, None]
         myo = labels == 3
+        segment_labels[s][myo] = segment[myo] + 1
         images[s][:, myo] = curves[segment[myo]].T
         for k, name in enumerate(names):
             truth[name][s][myo] = segments[s, segment[myo], k]
             truth[name][s][labels == 1] = body_params[0, k]
     images += rng.normal(0.0, noise_mmol_l, images.shape)
     truth["labels"] = all_labels
+    truth["segments"] = segment_labels
     return PerfusionPhantom(times, aif, images.astype(np.float32), truth, segments, stress)
 
 
@@ -282,7 +286,7 @@ def write_perfusion_phantoms(path: str | Path, seed: int = 0, shape: tuple[int, 
             case = simulate_case(rng, shape=shape, n_frames=n_frames, stress=stress,
                                  noise_mmol_l=noise_mmol_l)  # fmt: skip
             group = write_gd_case(h5, name, case.aif_gd, case.perfusion_gd, case.times_s,
-                                  HEMATOCRIT, case.truth["labels"] == 3)  # fmt: skip
+                                  HEMATOCRIT, case.truth["segments"])  # fmt: skip
             _write_truth(group, case)
         case = simulate_case(rng, shape=shape, n_frames=n_frames, stress=True, noise_mmol_l=0.0)
         n_pd = 3
@@ -299,7 +303,7 @@ def write_perfusion_phantoms(path: str | Path, seed: int = 0, shape: tuple[int, 
             n_pd,
             "phantom_dual",
             HEMATOCRIT,
-            case.truth["labels"] == 3,
+            case.truth["segments"],
         )
         _write_truth(group, case)
     return path

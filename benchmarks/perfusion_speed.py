@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.synthetic.perfusion_phantom import simulate_case  # noqa: E402
 from quantification.perfusion_fit import FIT_OK, fit_perfusion  # noqa: E402
 from quantification.perfusion_models import (  # noqa: E402
+    MODELS,
     aif_tables,
     model_curves,
     perfusion_model,
@@ -56,9 +57,10 @@ def curve_fit_loop(model: str, aif: np.ndarray, times: np.ndarray, curves: np.nd
     tables = aif_tables(aif, times)
     spec = perfusion_model(model)
     start = {"bte": [0.02, 0.01, 3.0, np.log(0.05), 1.0],
-             "2cxm": [0.01, 0.01, np.log(0.5), np.log(0.02), 1.0]}[model]  # fmt: skip
-    lower = np.concatenate([[0.0, 0.0], spec.lower])
-    upper = np.concatenate([[1.0, 1.0], spec.upper])
+             "2cxm": [0.01, 0.01, np.log(0.5), np.log(0.02), 1.0],
+             "fermi": [0.02, 3.0, np.log(1.0), 1.0]}[model]  # fmt: skip
+    lower = np.concatenate([np.zeros(spec.n_amplitudes), spec.lower])
+    upper = np.concatenate([np.ones(spec.n_amplitudes), spec.upper])
 
     def f(_t: np.ndarray, *p: float) -> np.ndarray:
         return model_curves(model, tables, np.array([p]), times, jacobian=False)[0][0]
@@ -77,7 +79,7 @@ def curve_fit_loop(model: str, aif: np.ndarray, times: np.ndarray, curves: np.nd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("bte", "2cxm"), default="bte")
+    parser.add_argument("--model", choices=MODELS, default="bte")
     parser.add_argument("--sample", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,7 @@ def cpu_name() -> str:
 
 def curve_fit_loop(model: str, aif: np.ndarray, times: np.ndarray, curves: np.ndarray) -> None:
     """Fit each curve on its own with ``curve_fit`` (the per-pixel baseline)."""
-    tables = aif_tables(aif, times)
+    tables = aif_tables(aif, times, fermi=model == "fermi")
     spec = perfusion_model(model)
     start = {"bte": [0.02, 0.01, 3.0, np.log(0.05), 1.0],
              "2cxm": [0.01, 0.01, np.log(0.5), np.log(0.02), 1.0],

@@ -71,10 +71,13 @@ def run_perfusion(args: argparse.Namespace) -> int:
                 print(f"{case_id}: FAILED: {exc}")
                 continue
             results[case_id] = result
-            fitted = np.count_nonzero(fit.failure == 0)
-            median = np.nanmedian(fit.mbf_ml_min_g) if fitted else float("nan")
-            print(f"{case_id}: {fitted} of {fit.failure.size} pixels fitted, median MBF "
-                  f"{median:.2f} ml/min/g, {time.perf_counter() - tic:.2f} s")  # fmt: skip
+            fitted = fit.failure == 0
+            where = "all" if case.mask is None else "myocardial"
+            shown = fitted if case.mask is None else fitted & (case.mask > 0)
+            median = np.median(fit.mbf_ml_min_g[shown]) if shown.any() else float("nan")
+            print(f"{case_id}: {fitted.sum()} of {fit.failure.size} pixels fitted, median MBF "
+                  f"of the {where} pixels {median:.2f} ml/min/g, "
+                  f"{time.perf_counter() - tic:.2f} s")  # fmt: skip
             if args.figures is not None:
                 from exports.perfusion_figures import plot_perfusion_case
 

@@ -310,7 +310,7 @@ def fit_perfusion(
     spatial = y_all.shape[:-1]
     y_all = y_all.reshape(-1, times.size)
     spec = perfusion_model(model, delay_range_s)
-    tables = aif_tables(aif, times)
+    tables = aif_tables(aif, times, fermi=model == "fermi")
 
     n = y_all.shape[0]
     maps = {name: np.full(n, np.nan) for name in PARAMETER_NAMES}

@@ -83,7 +83,8 @@ class AIFTables:
         expconv: float64 [K, M] ``X_k(u)``, mmol/L * s.
         fermi_shoulders_s: float64 [A] shoulders ``tau0`` (s) of the rows of ``fermi``.
         fermi_log_widths: float64 [B] natural logs of the widths ``w`` (s) of its columns.
-        fermi: float64 [A, B, M] the AIF convolved with the normalised Fermi response, mmol/L*s.
+        fermi: float64 [A, B, M] the AIF convolved with the normalised Fermi response, mmol/L*s
+            (empty [0, 0, M] unless the tables were made with ``fermi=True``).
     """
 
     start_s: float
@@ -105,12 +106,14 @@ def aif_tables(
     pad_after_s: float = 5.0,
     rate_range_per_s: tuple[float, float] = (1e-3, 20.0),
     n_rates: int = 384,
+    fermi: bool = False,
 ) -> AIFTables:
     """Tables of ``Cb``, ``I`` and ``X_k`` for a blood AIF ``aif_gd`` [T] sampled at ``times_s``.
 
     The grid runs from ``times_s[0] - pad_before_s`` to ``times_s[-1] + pad_after_s``; outside the
     sampled range the AIF is held at its first and last value (0 before the bolus for a
-    baseline-subtracted AIF).
+    baseline-subtracted AIF). The Fermi table (about 0.3 s to compute) is made only with
+    ``fermi=True``.
     """
     t = np.asarray(times_s, dtype=np.float64)
     c = np.asarray(aif_gd, dtype=np.float64)
@@ -126,15 +129,19 @@ def aif_tables(
         w_new = 1.0 / k - (1.0 - decay) / (k * k * step_s)  # weight of Cb at the step's end
         w_old = (1.0 - decay) / k - w_new  # weight of Cb at the step's start
         expconv[row] = lfilter([w_new, w_old], [1.0, -decay], cb)
-    shoulders = np.linspace(0.0, 20.0, 41)
-    log_widths = np.linspace(np.log(0.1), np.log(20.0), 24)
+    shoulders = np.linspace(0.0, 20.0, 41) if fermi else np.zeros(0)
+    log_widths = np.linspace(np.log(0.1), np.log(20.0), 24) if fermi else np.zeros(0)
     lag = step_s * np.arange(n)
     response = fermi_response(lag, shoulders[:, None, None], np.exp(log_widths)[None, :, None])
     weights = np.full(n, step_s)
     weights[0] = 0.5 * step_s  # trapezoid rule over the lag
-    fermi = fftconvolve(cb[None, None, :], response * weights, axes=2)[:, :, :n]
+    table = (
+        fftconvolve(cb[None, None, :], response * weights, axes=2)[:, :, :n]
+        if fermi
+        else np.zeros((0, 0, n))
+    )
     return AIFTables(float(start), float(step_s), cb, integral, log_rates, expconv, shoulders,
-                     log_widths, fermi)  # fmt: skip
+                     log_widths, table)  # fmt: skip
 
 
 def fermi_response(lag_s: np.ndarray, shoulder_s: np.ndarray, width_s: np.ndarray) -> np.ndarray:
@@ -181,6 +188,8 @@ def _fermi_at(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The Fermi convolution at per-curve ``shoulder`` and ``log_width`` [P, 1] and times
     ``u`` [P, T] (trilinear), and its derivatives by shoulder, log width and time."""
+    if tables.fermi.shape[0] == 0:
+        raise ValueError("the Fermi model needs tables made with aif_tables(..., fermi=True)")
     a_axis, b_axis = tables.fermi_shoulders_s, tables.fermi_log_widths
     n_a, n_b, n = tables.fermi.shape
     step_a, step_b = a_axis[1] - a_axis[0], b_axis[1] - b_axis[0]

@@ -6,7 +6,11 @@ import json
 
 import pytest
 import torch
+from omegaconf import open_dict
 
+from deployment.artifact import load_artifact
+from deployment.default_model import DEFAULT_AIF_MODEL
+from tests.conftest import TINY, compose_train_config
 from train import train
 
 
@@ -18,6 +22,29 @@ def test_fast_dev_run_fits_and_tests(model, tiny_config, tmp_path):
     assert ("test/rv_dice" in metrics) == (model == "resunet3cs")
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert (tmp_path / "figures" / "test_predictions.png").stat().st_size > 0
+
+
+def test_make_trains_default_network_tests_and_deploys_it_under_the_default_name(
+    data_dir, tmp_path
+):
+    tiny_data = [o for o in TINY if not o.startswith("model")]  # the default model, shrunk
+    overrides = [
+        *tiny_data,
+        "model.net.features=[4,4,8,8,16,4]",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "callbacks.prediction_figure=null",
+        f"paths.data_dir={data_dir}",
+        f"paths.artifacts_dir={tmp_path / 'art'}",
+    ]
+    cfg = compose_train_config(overrides, output_dir=tmp_path / "run")
+    with open_dict(cfg):  # as in `python train.py`: Hydra's own node is not in the job config
+        del cfg["hydra"]
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/lv_dice"] <= 1.0
+    deployed = load_artifact(DEFAULT_AIF_MODEL, artifacts_dir=tmp_path / "art")
+    assert deployed.metadata["model"] == "monai_basic_unet3cs"
+    assert deployed.n_classes == 3
 
 
 def test_split_is_by_patient_and_written_to_the_run_dir(tiny_config, tmp_path):

@@ -54,7 +54,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-N_AIF_SERIES = 8
 MOLLI_SLICES = ["slice_0", "slice_2", "slice_4"]
 
 AIF_STAGES = {  # (module, attribute) -> stage; AIFPipeline.* are methods of the class
@@ -188,37 +187,18 @@ def in_own_thread(function: Callable[..., dict[str, float]], *args: Any) -> dict
 
 
 def aif_streams(workdir: Path) -> tuple[list[bytes], np.ndarray]:
-    """Encoded ``inlinecmr_aif`` sessions of N_AIF_SERIES phantom series (uint16 frames, 2.5 ms
-    time stamps) and their preprocessed series [N, 64, 64, 48] (for the export)."""
-    import h5py
-
-    from datamodules.synthetic.aif_phantom import write_aif_phantoms
+    """Encoded ``inlinecmr_aif`` sessions of the phantom series of ``server_latency.py`` (8
+    series, uint16 frames, 2.5 ms time stamps) and their preprocessed series [8, 64, 64, 48]."""
+    from benchmarks.server_latency import phantom_series
     from exports.mrd_client import session_messages
-    from formats.mrd.images import TICK_S, make_image
     from formats.mrd.stream import encode_message
-    from quantification.aif_preprocessing import preprocess_aif_series
 
-    path = write_aif_phantoms(workdir / "cases.h5", n_patients=N_AIF_SERIES // 2, seed=11)
-    streams, preprocessed = [], []
-    with h5py.File(path) as h5:
-        for group in h5.values():
-            series, times_s = group["series"][()], group["times_s"][()]
-            n_pd = int(group.attrs["n_pd_frames"])
-            ticks = np.round((times_s - times_s[0]) / TICK_S).astype(int) + 13_000_000
-            scale = 4000.0 / float(series.max())
-            frames = [
-                make_image(
-                    np.round(f.T * scale).astype(np.uint16),
-                    series_index=1,
-                    image_index=t,
-                    acquisition_time_stamp=int(ticks[t]),
-                )
-                for t, f in enumerate(series)
-            ]
-            messages = session_messages("inlinecmr_aif", frames, {"n_pd_frames": n_pd})
-            streams.append(b"".join(map(encode_message, messages)))
-            preprocessed.append(preprocess_aif_series(series, times_s, n_pd).image)
-    return streams, np.stack(preprocessed)
+    sessions, preprocessed = phantom_series(workdir)
+    streams = [
+        b"".join(map(encode_message, session_messages("inlinecmr_aif", f, {"n_pd_frames": n_pd})))
+        for f, n_pd in sessions
+    ]
+    return streams, preprocessed
 
 
 def molli_stream(workdir: Path) -> bytes:

@@ -86,12 +86,18 @@ def _resolve(dotted: str) -> Any:
         return getattr(importlib.import_module(module), attribute)
 
 
+def _now() -> np.ndarray:
+    """(wall, this thread's CPU) clocks in ms. On a loaded machine the thread's CPU time of a
+    single-threaded stage is close to its wall time on an idle one."""
+    return np.array([time.perf_counter(), time.thread_time()]) * 1e3
+
+
 @contextmanager
 def stage_timers(stages: dict[tuple[str, str], str]) -> Iterator[dict[str, float]]:
-    """Wrap the named functions so that each call adds its time (ms) to its stage; a stage
-    called from inside another stage's function counts once (the outer one). Names the code does
-    not have (an older or newer version of it) are skipped."""
-    totals: dict[str, float] = defaultdict(float)
+    """Wrap the named functions so that each call adds its (wall, thread CPU) time in ms to its
+    stage; a stage called from inside another stage's function counts once (the outer one). Names
+    the code does not have (an older or newer version of it) are skipped."""
+    totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2))
     active: list[str] = []
     originals = []
     for (owner_name, attribute), stage in stages.items():
@@ -104,11 +110,11 @@ def stage_timers(stages: dict[tuple[str, str], str]) -> Iterator[dict[str, float
             if active:
                 return _f(*args, **kwargs)
             active.append(_stage)
-            start = time.perf_counter()
+            start = _now()
             try:
                 return _f(*args, **kwargs)
             finally:
-                totals[_stage] += 1e3 * (time.perf_counter() - start)
+                totals[_stage] += _now() - start
                 active.pop()
 
         setattr(owner, attribute, timed)
@@ -120,17 +126,18 @@ def stage_timers(stages: dict[tuple[str, str], str]) -> Iterator[dict[str, float
             setattr(owner, attribute, original)
 
 
-def _over_socket(data: bytes) -> float:
-    """ms to move ``data`` through a local socket pair (a thread sends, this one reads)."""
+def _over_socket(data: bytes) -> np.ndarray:
+    """(wall, this thread's CPU) ms to move ``data`` through a local socket pair (a thread
+    sends, this one reads)."""
     a, b = socket.socketpair()
     with a, b:
         sender = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)))
-        start = time.perf_counter()
+        start = _now()
         sender.start()
         received = bytearray()
         while chunk := b.recv(1 << 20):
             received += chunk
-        elapsed = 1e3 * (time.perf_counter() - start)
+        elapsed = _now() - start
         sender.join()
     assert len(received) == len(data)
     return elapsed
@@ -139,42 +146,42 @@ def _over_socket(data: bytes) -> float:
 def session_stages(
     stream: bytes, config: str, models: Any, stages: dict[tuple[str, str], str]
 ) -> dict[str, float]:
-    """The stage times (ms) of one session of ``config`` on the encoded ``stream``."""
+    """The stage times (wall, thread CPU; ms) of one session of ``config`` on ``stream``."""
     from exports.mrd_server import CONFIGS
     from exports.mrd_session import SessionParameters
     from formats.mrd.stream import Close, ImageMessage, Text, encode_message, read_message
 
     times = {"receive": _over_socket(stream)}
-    start = time.perf_counter()
+    start = _now()
     source, messages = io.BytesIO(stream), []
     while not isinstance(message := read_message(source), Close):
         messages.append(message)
-    times["decode"] = 1e3 * (time.perf_counter() - start)
+    times["decode"] = _now() - start
     images = [m for m in messages if isinstance(m, ImageMessage)]
     params = SessionParameters.from_text(next(m.text for m in messages if isinstance(m, Text)))
     with stage_timers(stages) as inside:
-        start = time.perf_counter()
+        start = _now()
         reply = CONFIGS[config](images, params, models)
-        process_ms = 1e3 * (time.perf_counter() - start)
+        process_ms = _now() - start
     times.update(inside)
     times["process: other"] = process_ms - sum(inside.values())
-    start = time.perf_counter()
+    start = _now()
     out = b"".join(
         [*map(encode_message, reply.images), *(encode_message(Text(t)) for t in reply.texts)]
     )
     out += encode_message(Close())
-    times["encode"] = 1e3 * (time.perf_counter() - start)
+    times["encode"] = _now() - start
     times["send"] = _over_socket(out)
     if json.loads(reply.texts[0])["status"] != "ok":
         raise RuntimeError(f"{config} session failed: {reply.texts}")
     return times
 
 
-def in_own_thread(function: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+def in_own_thread(function: Callable[..., dict], *args: Any) -> dict:
     """``function(*args)`` in a new thread, as the server serves each session. (It matters: on
     a loaded 2-core machine, a 2-thread torch inference took 3210 ms from the main thread and
     26-57 ms from a new thread, or with 1 thread; AMD EPYC Zen 3, load average 9.5.)"""
-    result: list[dict[str, float]] = []
+    result: list[dict] = []
     thread = threading.Thread(target=lambda: result.append(function(*args)))
     thread.start()
     thread.join()
@@ -314,18 +321,25 @@ def end_to_end(
     }
 
 
-def print_table(title: str, samples: list[dict[str, float]]) -> None:
+def print_table(title: str, samples: list[dict[str, np.ndarray]]) -> None:
+    """Median and p90 wall ms and median thread-CPU ms per stage (the network's CPU column is
+    the calling thread's share only), then per-session sums."""
     names = list(dict.fromkeys(name for s in samples for name in s))
-    print(f"\n{title}\n{'stage':34s} {'median ms':>10s} {'p90 ms':>8s}")
-    medians = {}
+    print(f"\n{title}\n{'stage':34s} {'median ms':>10s} {'p90 ms':>8s} {'CPU ms':>8s}")
     for name in names:
-        values = [s.get(name, 0.0) for s in samples]
-        medians[name] = float(np.median(values))
-        print(f"{name:34s} {medians[name]:10.2f} {np.percentile(values, 90):8.2f}")
-    total = [sum(s.values()) for s in samples]
-    own = [sum(v for k, v in s.items() if k != "network") for s in samples]
-    print(f"{'sum (median of per-session sums)':34s} {np.median(total):10.2f}")
-    print(f"{'server own work (all but network)':34s} {np.median(own):10.2f}")
+        values = np.array([s.get(name, np.zeros(2)) for s in samples])
+        wall, cpu = values[:, 0], values[:, 1]
+        print(
+            f"{name:34s} {np.median(wall):10.2f} {np.percentile(wall, 90):8.2f} "
+            f"{np.median(cpu):8.2f}"
+        )
+    total = np.array([sum(s.values()) for s in samples])
+    own = np.array([sum(v for k, v in s.items() if k != "network") for s in samples])
+    print(f"{'sum (median of per-session sums)':34s} {np.median(total[:, 0]):10.2f}")
+    print(
+        f"{'server own work (all but network)':34s} {np.median(own[:, 0]):10.2f} "
+        f"{'':8s} {np.median(own[:, 1]):8.2f}"
+    )
 
 
 def main() -> None:

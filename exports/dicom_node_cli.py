@@ -80,7 +80,9 @@ def run_dicom_node(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    models = NodeModels(loaded, args.aif_model, args.myocardium_model, args.hematocrit)
+    models = NodeModels(
+        loaded, args.aif_model, args.myocardium_model, args.hematocrit, not args.no_figures
+    )
     settings = NodeSettings(args.ae_title, args.host, args.port, titles, hosts, args.quiet_time_s)
     node = DicomNode(settings, Spool(args.spool), models, sender)
     try:

@@ -55,13 +55,15 @@ Maps + 2000, as :mod:`exports.dicom_output` numbers them)."""
 @dataclass
 class NodeModels:
     """What the node loaded once (:func:`exports.mrd_server.load_models`: sha256-checked and
-    warmed up), the artifacts' paths (their stems name the algorithm in the results) and the
-    hematocrit for ECV (None: no ECV)."""
+    warmed up), the artifacts' paths (their stems name the algorithm in the results), the
+    hematocrit for ECV (None: no ECV) and whether figures are sent (about 40 % of a study's
+    processing)."""
 
     loaded: InlineModels
     aif_model: Path | None = None
     myocardium_model: Path | None = None
     hematocrit: float | None = None
+    figures: bool = True
     mapping: MappingPipeline = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,12 +160,12 @@ def _run_aif(models: NodeModels, path: Path, job: _Job) -> list[str]:
     for case in read_cases(path):
         outcome = next(pipeline.run_many([case]))
         outcomes.append(outcome)
-        if isinstance(outcome, AIFResult) and isinstance(case, AIFCase):
+        if not isinstance(outcome, AIFResult):
+            problems.append(f"{outcome.case_id}: {outcome.error}")
+        elif models.figures and isinstance(case, AIFCase):
             signal, _ = pipeline.signal_on_grid(case.series, case.times_s, case.n_pd_frames)
             png = plot_case(outcome, signal, job.folder / "figures")
             job.figures.append((png, _first_uid(path, case.case_id)))
-        else:
-            problems.append(f"{outcome.case_id}: {outcome.error}")
     args = argparse.Namespace(dicom_source=job.source, dicom_out=job.dicom, input=path,
                               model=models.aif_model)  # fmt: skip
     status, printed = _silently(write_aif_dicom, args, outcomes, models.loaded.aif_sha256)
@@ -183,7 +185,7 @@ def _run_mapping(
         if not outcome.ok:
             problems.append(f"{outcome.case_id}: {outcome.error}")
             continue
-        for result in outcome.slices:
+        for result in outcome.slices if models.figures else []:
             if result.success and np.isfinite(result.values).any():
                 png = plot_slice(result, job.folder / "figures")
                 reference = inputs.get("post", inputs.get("input"))

@@ -11,7 +11,11 @@ headers are scanned and matched by SOP Instance UID. Written into ``DIR``, each 
 - mapping: ``<case>_<slice>_<quantity>.dcm`` (T1 / T2 in ms, ECV in %) as a Parametric Map and
   ``<case>_<slice>_<quantity>_myocardium_seg.dcm``: the analysed myocardium (the map's pixels) as a
   Segmentation, on the plane of the slice's images (post-contrast for ECV; the native images
-  are further sources).
+  are further sources);
+- perfusion: ``<case>_slice<k>_<quantity>.dcm`` (MBF and PS in ml/min/g, Vb and Visf in ml/g) as
+  Parametric Maps on the plane of the slice's first frame, its other frames as further sources.
+  The case's image dataset (``perfusion`` or ``perfusion_gd``) carries the attr
+  ``sop_instance_uids``: one per image, slice by slice, frames in stored order ([S * T]).
 
 Outputs of one source series share one output series (number = source series number + 1000 for
 Segmentations, + 2000 for Parametric Maps). A case or slice whose sources cannot be found (not
@@ -47,6 +51,7 @@ __all__ = [
     "dicom_output_arguments_error",
     "write_aif_dicom",
     "write_mapping_dicom",
+    "write_perfusion_dicom",
 ]
 
 SEG_SERIES_OFFSET = 1000
@@ -237,3 +242,67 @@ def write_mapping_dicom(
             except (DicomOutputError, ValueError) as exc:
                 writer.problems.append(f"{name}: {exc}")
     return writer.report("Parametric Map / Segmentation")
+
+
+PERFUSION_MAPS = ("mbf_ml_min_g", "ps_ml_min_g", "vb_ml_g", "visf_ml_g")
+"""The perfusion maps written as Parametric Maps (those present and with a finite value)."""
+
+
+def _perfusion_sources(writer: _Writer, h5: h5py.File, path: Path, case_id: str
+                       ) -> tuple[list[list[Dataset]], bool]:  # fmt: skip
+    """Source headers of each slice of a perfusion case ([S][T]) and whether the frames are
+    stored transposed."""
+    group = h5.get(case_id)
+    key = next((k for k in ("perfusion", "perfusion_gd") if group is not None and k in group), None)
+    where = f"{path}: case {case_id!r}, key {key!r}"
+    if key is None:
+        raise DicomOutputError(f"{path}: case {case_id!r}: no perfusion or perfusion_gd dataset")
+    images = group[key]
+    n_slices, n_frames = (1, images.shape[0]) if images.ndim == 3 else images.shape[:2]
+    uids = _uids(images.attrs, where)
+    if len(uids) != n_slices * n_frames:
+        raise DicomOutputError(f"{where}: expected {n_slices * n_frames} sop_instance_uids (one "
+                               f"per image, [S * T]); found {len(uids)}")  # fmt: skip
+    headers = writer.headers(uids, where)
+    slices = [headers[s * n_frames : (s + 1) * n_frames] for s in range(n_slices)]
+    return slices, bool(images.attrs.get("transposed", False))
+
+
+def write_perfusion_dicom(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """Parametric Maps of every slice of the mapped perfusion cases (module docstring); returns 0
+    when every case was written, else 1 (problems printed)."""
+    from formats.dicom.results import QUANTITIES, parametric_map
+
+    try:
+        writer = _Writer(args.dicom_source, args.dicom_out,
+                         f"inline-cmr perfusion {args.model}", "")  # fmt: skip
+    except DicomOutputError as exc:
+        print(f"dicom-out: FAILED: {exc}", file=sys.stderr)
+        return 1
+    with h5py.File(args.input, "r") as h5:
+        for case_id, result in results.items():
+            if result.error is not None:
+                continue
+            try:
+                slices, transposed = _perfusion_sources(writer, h5, args.input, case_id)
+            except DicomOutputError as exc:
+                writer.problems.append(f"{case_id}: {exc}")
+                continue
+            for name in PERFUSION_MAPS:
+                maps = result.maps.get(name)
+                if maps is None:
+                    continue
+                maps = maps.reshape((len(slices),) + maps.shape[-2:])
+                for k, (headers, values) in enumerate(zip(slices, maps, strict=True)):
+                    if not np.isfinite(values).any():
+                        continue
+                    try:
+                        pm = parametric_map(
+                            headers[0], values.T if transposed else values, name,
+                            writer.provenance(headers[0], "map"), further_sources=headers[1:],
+                            description=f"{QUANTITIES[name].label} map ({args.model})",
+                        )  # fmt: skip
+                        writer.save(pm, f"{case_id}_slice{k}_{name}.dcm")
+                    except ValueError as exc:
+                        writer.problems.append(f"{case_id} slice {k} {name}: {exc}")
+    return writer.report("Parametric Map")

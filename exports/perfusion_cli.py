@@ -1,13 +1,15 @@
 """``python -m exports perfusion``: MBF, PS, Vb and Visf maps for every case of a file.
 
 ``python -m exports perfusion --input cases.h5 --output maps.h5 [--figures DIR]
-[--hematocrit 0.42] [--model bte|2cxm|fermi]``
+[--hematocrit 0.42] [--model bte|2cxm|fermi] [--dicom-out DIR --dicom-source SRC]``
 
 Reads every case of a perfusion file (gadolinium units or the dual-sequence acquisition, layout
 in :mod:`formats.perfusion_contract`), maps it (:mod:`exports.perfusion_pipeline`) and writes
-``maps.h5`` atomically. A case that breaks the contract or lacks a sequence attribute is written
-as failed with its reason (the others are still mapped). Exit status: 0 all cases mapped, 1 at
-least one failed (outputs written), 2 an unreadable input file.
+``maps.h5`` atomically (and, with ``--dicom-out``, the maps as DICOM Parametric Maps:
+:func:`exports.dicom_output.write_perfusion_dicom`). A case that breaks the contract or lacks a
+sequence attribute is written as failed with its reason (the others are still mapped). Exit
+status: 0 all cases mapped, 1 at least one failed (outputs written, or a DICOM output not
+written), 2 an unreadable input file or bad flags.
 
 Phantoms to try it on: ``python -m datamodules.synthetic.perfusion_phantom --output
 phantoms.h5``.
@@ -23,6 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from exports.dicom_output import (
+    add_dicom_output_arguments,
+    dicom_output_arguments_error,
+    write_perfusion_dicom,
+)
 from quantification.perfusion_models import MODELS
 
 __all__ = ["add_perfusion_parser", "run_perfusion"]
@@ -41,6 +48,9 @@ def run_perfusion(args: argparse.Namespace) -> int:
     )
     from quantification.saturation_recovery import MissingSequenceAttribute
 
+    if (problem := dicom_output_arguments_error(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.hematocrit is not None and not 0.0 <= args.hematocrit < 1.0:
         print(f"error: --hematocrit must be a fraction in [0, 1); got {args.hematocrit}",
               file=sys.stderr)  # fmt: skip
@@ -88,7 +98,10 @@ def run_perfusion(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} cases mapped in "
           f"{time.perf_counter() - start:.2f} s; wrote {path}"
           + (f"; {len(failed)} failed" if failed else ""))  # fmt: skip
-    return 1 if failed or not results else 0
+    status = 1 if failed or not results else 0
+    if args.dicom_out is not None:
+        status = max(status, write_perfusion_dicom(args, results))
+    return status
 
 
 def add_perfusion_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -112,5 +125,6 @@ def add_perfusion_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--min-enhancement", type=float, default=0.02,
                    help="pixels peaking below this fraction of the AIF peak are not fitted "
                    "(%(default)s)")  # fmt: skip
+    add_dicom_output_arguments(p)
     p.set_defaults(handler=run_perfusion)
     return p

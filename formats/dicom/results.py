@@ -6,10 +6,12 @@ Map, each referencing its source images (same study, frame of reference and plan
   myocardium), category "anatomical structure" (91723000), algorithm type AUTOMATIC with the
   model's name and version.
 - Parametric Map: uint16 stored values with a real-world value mapping ``value = slope *
-  stored`` for stored values 1-65535 (:data:`QUANTITIES`: T1 0.1 ms, T2 0.01 ms, ECV 0.01 %),
-  so viewers show the quantity in ms or %; stored 0 lies outside the mapped range and marks
-  pixels without a value (NaN in the HDF5: outside the analysed myocardium). Rounding error at
-  most half a step. A default window spans the map's 1st-99th percentiles.
+  stored`` for stored values 1-65535 (:data:`QUANTITIES`: T1 0.1 ms, T2 0.01 ms, ECV 0.01 %,
+  MBF and PS 0.001 ml/min/g, Vb and Visf 0.0001 ml/g), so viewers show the quantity in its
+  unit; stored 0 lies outside the mapped range and marks pixels without a value (NaN in the
+  HDF5: outside the analysed myocardium, or a pixel not fitted). Rounding error at most half a
+  step; values beyond the last step are stored as 65535. A default window spans the map's
+  1st-99th percentiles.
 
 The source images may be headers only (no pixel data needed). The patient and study attributes
 of the output come from the source images, i.e. from the DICOM files, never from the HDF5.
@@ -57,6 +59,34 @@ QUANTITIES = {
         codes.UCUM.Percent,
         Code("ECV", "99INLINECMR", "Extracellular volume fraction"),
         0.01,
+    ),
+    "mbf_ml_min_g": Quantity(
+        "MBF",
+        "myocardial blood flow in ml/min/g",
+        Code("mL/min/g", "UCUM", "milliliter per minute per gram"),
+        codes.DCM.AbsoluteRegionalBloodFlow,
+        0.001,
+    ),
+    "ps_ml_min_g": Quantity(
+        "PS",
+        "permeability-surface area product in ml/min/g",
+        Code("mL/min/g", "UCUM", "milliliter per minute per gram"),
+        Code("PS", "99INLINECMR", "Permeability-surface area product"),
+        0.001,
+    ),
+    "vb_ml_g": Quantity(
+        "VB",
+        "blood volume in ml/g",
+        Code("mL/g", "UCUM", "milliliter per gram"),
+        codes.DCM.AbsoluteRegionalBloodVolume,
+        0.0001,
+    ),
+    "visf_ml_g": Quantity(
+        "VISF",
+        "interstitial volume in ml/g",
+        Code("mL/g", "UCUM", "milliliter per gram"),
+        Code("VISF", "99INLINECMR", "Interstitial volume per gram"),
+        0.0001,
     ),
 }
 """Map dataset name (results HDF5) -> its Parametric Map encoding."""

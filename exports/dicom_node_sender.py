@@ -97,8 +97,7 @@ class StoreSender:
             problems = []
             assoc = self._associate(classes)
             if not assoc.is_established:
-                how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else (
-                    "not reachable")  # fmt: skip
+                how = "rejected" if assoc.is_rejected else "not reachable or aborted"
                 problems = [f"{self}: association {how}"]
             else:
                 try:

@@ -323,6 +323,32 @@ def test_a_failing_series_sends_nothing_of_itself_and_the_rest_goes(study, model
                         "(nothing of aif sent)",)  # fmt: skip
 
 
+def test_sending_to_an_absent_or_refusing_peer_gives_up_after_the_capped_attempts(
+    round_trip, tmp_path
+):
+    receiver, *_ = round_trip
+    result = tmp_path / "seg.dcm"
+    next(ds for ds in receiver.received if ds.SOPClassUID == SEG).save_as(
+        result, enforce_file_format=True
+    )
+    sent: list[Path] = []
+    absent = StoreSender(Destination("127.0.0.1", free_port(), "NOBODY"), "INLINECMR",
+                         max_attempts=2, retry_delay_s=0.05)  # fmt: skip
+    assert absent.send("study", [result], sent.append) == [
+        f"{absent}: association not reachable or aborted"
+    ]
+    attempts: list[int] = []
+    refusing = Receiver(on_store=lambda count: attempts.append(count) or 0xA700)
+    try:
+        sender = StoreSender(Destination("127.0.0.1", refusing.port, "RESULTS"), "INLINECMR",
+                             max_attempts=3, retry_delay_s=0.05)  # fmt: skip
+        problems = sender.send("study", [result], sent.append)
+    finally:
+        refusing.stop()
+    assert problems == [f"{sender}: seg.dcm: status 0xA700"] and len(attempts) == 3
+    assert not sent
+
+
 def test_an_interrupted_round_is_done_again(study, tmp_path):
     spool = Spool(tmp_path / "spool")
     for path in study.files[9]:

@@ -29,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server_stages import aif_streams, export_basic_unet, start_server  # noqa: E402
+from benchmarks.server_latency import start_server  # noqa: E402
+from benchmarks.server_stages import aif_streams, export_basic_unet  # noqa: E402
 
 
 def session_ms(address: tuple[str, int], stream: bytes) -> float:

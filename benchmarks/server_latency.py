@@ -106,10 +106,12 @@ def export_paper_models(workdir: Path, preprocessed: np.ndarray) -> dict[str, Pa
     return files
 
 
-def start_server(model: Path, threads: int) -> tuple[subprocess.Popen, int]:
-    """``python -m exports serve`` on a free port; returns the process and its port."""
-    serve = f"-m exports serve --port 0 --threads {threads} --aif-model".split()
-    command = [sys.executable, *serve, str(model)]
+def start_server(
+    model: Path, threads: int, backend: str = "auto"
+) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """``python -m exports serve`` on a free port of 127.0.0.1: the process and its address."""
+    command = [sys.executable, "-m", "exports", "serve", "--port", "0", "--threads", str(threads)]
+    command += ["--aif-model", str(model), "--backend", backend]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -118,7 +120,7 @@ def start_server(model: Path, threads: int) -> tuple[subprocess.Popen, int]:
     if not line.startswith("listening on"):
         process.kill()
         raise RuntimeError(f"server did not start: {line}{process.stderr.read()}")  # type: ignore[union-attr]
-    return process, int(line.rsplit(":", 1)[1])
+    return process, ("127.0.0.1", int(line.rsplit(":", 1)[1]))
 
 
 def network_alone_ms(model: Path, preprocessed: np.ndarray, threads: int) -> float:
@@ -154,11 +156,11 @@ def measure(
         )
         for frames, n_pd in sessions
     ]
-    process, port = start_server(model, threads)
+    process, address = start_server(model, threads)
     elapsed, processing = [], []
     try:
         for k in range(3 + runs):
-            result = exchange(("127.0.0.1", port), [streams[k % len(streams)]], timeout_s=60.0)
+            result = exchange(address, [streams[k % len(streams)]], timeout_s=60.0)
             if result.errors or not result.closed or len(result.images) != 1:
                 raise RuntimeError(f"session failed: {result.texts}")
             if k >= 3:

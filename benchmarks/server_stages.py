@@ -274,27 +274,11 @@ def export_basic_unet(workdir: Path, preprocessed: np.ndarray, onnx: bool) -> Pa
 # ------------------------------------------------------------------------------ end to end
 
 
-def start_server(
-    model: Path, threads: int, backend: str
-) -> tuple[subprocess.Popen, tuple[str, int]]:
-    """``python -m exports serve`` on a free port of 127.0.0.1: the process and its address."""
-    command = [sys.executable, "-m", "exports", "serve", "--port", "0", "--threads", str(threads)]
-    command += ["--aif-model", str(model), "--backend", backend]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    line = process.stdout.readline()  # type: ignore[union-attr]
-    if not line.startswith("listening on"):
-        process.kill()
-        raise RuntimeError(f"server did not start: {line}{process.stderr.read()}")  # type: ignore[union-attr]
-    return process, ("127.0.0.1", int(line.rsplit(":", 1)[1]))
-
-
 def end_to_end(
     model: Path, streams: list[bytes], config: str, runs: int, threads: int, backend: str
 ) -> dict:
     """A real server process and this one as the scanner: cold start and per-session times."""
+    from benchmarks.server_latency import start_server
     from exports.mrd_client import exchange
 
     start = time.perf_counter()

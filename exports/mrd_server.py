@@ -69,6 +69,7 @@ from exports.aif_pipeline import AIFPipeline
 from exports.mapping_pipeline import MyocardiumSegmenter
 from exports.mrd_aif import AIF_CONFIG, process_aif
 from exports.mrd_mapping import MAPPING_CONFIGS, process_mapping
+from exports.mrd_perfusion import PERFUSION_CONFIG, process_perfusion
 from exports.mrd_session import InlineModels, Reply, SessionError, SessionParameters
 from formats.mrd.header import header_facts
 from formats.mrd.stream import (
@@ -104,6 +105,7 @@ Processor = Callable[[Sequence[ImageMessage], SessionParameters, InlineModels], 
 CONFIGS: dict[str, Processor] = {
     AIF_CONFIG: process_aif,
     **{name: partial(process_mapping, config=name) for name in MAPPING_CONFIGS},
+    PERFUSION_CONFIG: process_perfusion,
 }
 """Config name -> processor of the received images."""
 

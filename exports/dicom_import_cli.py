@@ -25,7 +25,7 @@ __all__ = [
 
 # the values of formats.dicom.series_plan.TASKS and formats.dicom.labels.LABEL_CONVENTIONS,
 # spelled out so that registering the subcommand does not import pydicom (tested equal)
-TASK_CHOICES = ("auto", "aif", "t1", "t2")
+TASK_CHOICES = ("auto", "aif", "perfusion", "t1", "t2")
 LABEL_CONVENTION_CHOICES = ("acdc", "inline")
 
 
@@ -72,7 +72,8 @@ def add_dicom_import_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--task",
         choices=TASK_CHOICES,
         default="auto",
-        help="import only this kind of series (default: tell from names and times)",
+        help="import only this kind of series (default: tell from names and times; "
+        "perfusion: the imaging and AIF series of dual-sequence perfusion)",
     )
     p.add_argument(
         "--keep-identifiers",

@@ -1,6 +1,8 @@
-"""``python -m exports perfusion --dicom-out``: the MBF, PS, Vb and Visf maps of a perfusion case
-back as DICOM Parametric Maps on the planes of the case's source images, read back with pydicom
-and highdicom, values those of the HDF5 output within half a stored step."""
+"""Perfusion and DICOM: ``python -m exports perfusion --dicom-out`` writes the MBF, PS, Vb and
+Visf maps of a case as DICOM Parametric Maps on the planes of its source images (read back with
+pydicom and highdicom, values those of the HDF5 output within half a stored step); the DICOM
+import tells the perfusion imaging series from the AIF series (names of the three vendors,
+slices, matrix) and writes them as one dual-sequence case, which maps end to end."""
 
 from __future__ import annotations
 
@@ -13,11 +15,22 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from datamodules.synthetic.perfusion_phantom import simulate_case
+from datamodules.synthetic.perfusion_phantom import simulate_case, write_perfusion_phantoms
 from exports.__main__ import main
+from formats.dicom.importer import import_dicom
 from formats.dicom.results import QUANTITIES
+from formats.dicom.series_kind import perfusion_role, task_from_name
 from formats.perfusion_contract import write_gd_case
-from tests.dicom.vendor_dicom import Study, mr_image, save, sax_plane, to_uint16
+from quantification.saturation_recovery import SEQUENCE_ATTRS
+from tests.dicom.vendor_dicom import (
+    Study,
+    _clock,
+    mr_image,
+    save,
+    sax_plane,
+    to_uint16,
+    write_perfusion,
+)
 
 SHAPE = (20, 16)  # rows x columns: not square, so a transposed map would not fit its source
 N_SLICES, N_FRAMES = 2, 40
@@ -112,3 +125,95 @@ def test_dicom_out_needs_its_source_folder(case_files, tmp_path, capsys):
     assert status == 2
     assert "--dicom-source" in capsys.readouterr().err
     assert not (tmp_path / "maps.h5").exists()
+
+
+# ------------------------------------------------------------------------------ DICOM import
+
+
+@pytest.mark.parametrize(
+    ("names", "positions", "matrix", "role"),
+    [
+        ("tfl_perf_sax SR_perfusion", 3, (192, 111), "perfusion"),  # Siemens imaging series
+        ("Perfusion_AIF TS_AIF", 1, (64, 48), "aif"),  # Siemens AIF series
+        ("perfusion sa", 3, (144, 144), "perfusion"),  # Philips
+        ("perfusion sa dual bolus aif", 1, (48, 48), "aif"),  # Philips, named AIF
+        ("mpi stress fgre-et", 3, (128, 96), "perfusion"),  # GE
+        ("firstpass aif", 1, (48, 40), "aif"),  # GE, named AIF
+        ("firstpass", 1, (48, 40), "aif"),  # one low-resolution slice: an AIF series
+        ("firstpass", 1, (160, 128), "perfusion"),  # one slice at imaging resolution
+    ],
+)
+def test_perfusion_series_are_told_apart_by_name_slices_and_matrix(names, positions, matrix,
+                                                                    role):  # fmt: skip
+    text = names.lower()  # as series_text() gives them
+    assert task_from_name(text) == "aif"  # the perfusion family (AIF or imaging series)
+    assert perfusion_role(text, positions, matrix) == role
+
+
+@pytest.fixture(scope="module")
+def dual_study(tmp_path_factory):
+    """A Siemens dual-sequence perfusion acquisition of the phantom as DICOM: the AIF series
+    (one slice, 32 x 24 px) and the imaging series (3 slices, 20 x 16 px), PD frames first."""
+    root = tmp_path_factory.mktemp("dual_dicom")
+    phantoms = write_perfusion_phantoms(root / "phantoms.h5", seed=2, shape=SHAPE, n_frames=30)
+    with h5py.File(phantoms) as h5:
+        g = h5["stress_dual"]
+        case = {key: g[key][()] for key in ("series", "mask", "perfusion", "times_s")}
+        case["n_pd"] = int(g.attrs["n_pd_frames"])
+        case["aif_timing"] = {k: g["series"].attrs[k] for k in SEQUENCE_ATTRS}
+        case["timing"] = {k: g["perfusion"].attrs[k] for k in SEQUENCE_ATTRS}
+    study = Study()
+    write_perfusion(root / "dicom" / "aif", case["series"], case["times_s"], case["n_pd"], study,
+                    20, "siemens", description="Perfusion_AIF")  # fmt: skip
+    frames, series_uid = case["perfusion"], generate_uid()
+    scale = 3000.0 / float(frames.max())
+    for s in range(frames.shape[0]):
+        plane = sax_plane(SHAPE, 2.0, offset_mm=10.0 * s)
+        for t in range(frames.shape[1]):
+            ds = mr_image(
+                to_uint16(frames[s, t], scale), study, series_uid, 21, "tfl_perf_sax",
+                s * frames.shape[1] + t + 1, plane, "SIEMENS",
+                AcquisitionTime=_clock(37000, float(case["times_s"][t]) + 0.1 * s),
+                ImageComments="PD" if t < case["n_pd"] else "SR",
+            )  # fmt: skip
+            save(ds, root / "dicom" / "imaging" / f"{s}_{t:03d}.dcm")
+    case["scale"] = scale
+    return root, case
+
+
+def test_import_writes_the_imaging_and_aif_series_as_one_dual_sequence_case(dual_study,
+                                                                             tmp_path):  # fmt: skip
+    root, case = dual_study
+    report = import_dicom(root / "dicom", tmp_path / "study.h5")
+    assert set(report.outputs) == {"aif", "perfusion"}, report.lines()
+    kinds = {s.number: s.kind for s in report.series}
+    assert kinds == {"20": "aif", "21": "perfusion"}
+    path = report.outputs["perfusion"]
+    with h5py.File(path, "a") as h5:
+        (case_id,) = h5
+        group = h5[case_id]
+        images = group["perfusion"]
+        n_slices, n_frames = case["perfusion"].shape[:2]
+        assert images.shape == (n_slices, n_frames, *SHAPE)
+        # slices in the import's order (along the normal), each where its frames were
+        written = [sax_plane(SHAPE, 2.0, offset_mm=10.0 * s).position for s in range(n_slices)]
+        for k, position in enumerate(images.attrs["image_position_patient"]):
+            s = int(np.argmin([np.linalg.norm(position - w) for w in written]))
+            np.testing.assert_allclose(position, written[s], atol=1e-3)
+            np.testing.assert_allclose(images[k], np.round(case["perfusion"][s] * case["scale"]),
+                                       atol=0.5)  # fmt: skip
+        assert len(images.attrs["sop_instance_uids"]) == n_slices * n_frames
+        assert images.attrs["n_pd_frames"] == case["n_pd"] == group.attrs["n_pd_frames"]
+        assert group["series"].shape == case["series"].shape
+        np.testing.assert_allclose(group["times_s"][()], case["times_s"] - case["times_s"][0],
+                                   atol=1e-3)  # fmt: skip
+        # what DICOM does not carry: the LV of the AIF series and the sequence timing
+        assert "mask" not in group
+        group.create_dataset("mask", data=case["mask"].astype(np.uint8))
+        group["series"].attrs.update(case["aif_timing"])
+        images.attrs.update(case["timing"])
+    status = main(["perfusion", "--input", str(path), "--output", str(tmp_path / "maps.h5"),
+                   "--dicom-out", str(tmp_path / "out"), "--dicom-source",
+                   str(root / "dicom")])  # fmt: skip
+    assert status == 0
+    assert len(list((tmp_path / "out").glob(f"{case_id}_slice*_mbf_ml_min_g.dcm"))) == n_slices

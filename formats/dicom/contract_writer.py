@@ -1,7 +1,8 @@
 """Writing one planned DICOM series into a contract file: pixels in real-world units, labels,
 geometry and provenance attrs, with the contracts' checked writers (:func:`write_aif_case`,
-:func:`write_mapping_slice`). Attributes written besides the contracts' own are listed in
-:mod:`formats.dicom.importer`.
+:func:`write_mapping_slice`); a perfusion imaging series with the AIF series of its study as a
+dual-sequence case of :mod:`formats.perfusion_contract`. Attributes written besides the
+contracts' own are listed in :mod:`formats.dicom.importer`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from formats.dicom.pixels import read_pixels, scaling_of
 from formats.dicom.series_plan import PlannedSeries, PlannedSlice
 from formats.dicom.timing import float_of
 from formats.mapping_contract import write_mapping_case, write_mapping_slice
+from formats.perfusion_contract import PerfusionContractError
 
-__all__ = ["mapping_case_id", "read_slice", "write_aif_series", "write_mapping_slices"]
+__all__ = [
+    "mapping_case_id",
+    "read_slice",
+    "write_aif_series",
+    "write_mapping_slices",
+    "write_perfusion_series",
+]
 
 
 def _slice_labels(
@@ -122,6 +130,34 @@ def _target(series: PlannedSeries, planned: PlannedSlice) -> LabelTarget:
     )
 
 
+def _lv_rv_mask(sources: list[LabelSource], series: PlannedSeries, planned: PlannedSlice,
+                case_id: str, attrs: dict, notes: list[str]) -> np.ndarray | None:  # fmt: skip
+    """The AIF case's mask [RO, E1] from the label sources (``label_source`` put in ``attrs``),
+    or None."""
+    found = _slice_labels(sources, _target(series, planned), notes)
+    if found is None:
+        return None
+    labels, covered, source = found
+    mask = _aif_mask(labels, covered)
+    if not (mask == LV).any():
+        notes.append(f"{source}: no LV pixel in the labels of {case_id}; not stored")
+        return None
+    attrs["label_source"] = source
+    return mask.T if _transposed(series) else mask
+
+
+def _aif_attrs(series: PlannedSeries, planned: PlannedSlice, patient: dict) -> dict:
+    return {
+        **{k: v for k, v in patient.items() if k != "patient_id"},
+        **_geometry_attrs(planned),
+        **_provenance_attrs(series, planned),
+        "study_instance_uid": text_of(series.header, "StudyInstanceUID") or None,
+        "field_T": float_of(series.header, "MagneticFieldStrength"),
+        "pd_frames": "marked" if planned.n_pd_frames else "none marked",
+        "transposed": _transposed(series),
+    }
+
+
 def write_aif_series(
     h5: h5py.File, series: PlannedSeries, patient: dict, sources: list[LabelSource],
     notes: list[str],
@@ -143,26 +179,8 @@ def write_aif_series(
     loaded = [read_slice(series, planned)[0] for planned in series.slices]
     written = []
     for case_id, planned, frames in zip(case_ids, series.slices, loaded, strict=True):
-        attrs = {
-            **{k: v for k, v in patient.items() if k != "patient_id"},
-            **_geometry_attrs(planned),
-            **_provenance_attrs(series, planned),
-            "study_instance_uid": text_of(series.header, "StudyInstanceUID") or None,
-            "field_T": float_of(series.header, "MagneticFieldStrength"),
-            "pd_frames": "marked" if planned.n_pd_frames else "none marked",
-            "transposed": transposed,
-        }
-        found = _slice_labels(sources, _target(series, planned), notes)
-        mask = None
-        if found is not None:
-            labels, covered, source = found
-            mask = _aif_mask(labels, covered)
-            if not (mask == LV).any():
-                notes.append(f"{source}: no LV pixel in the labels of {case_id}; not stored")
-                mask = None
-            else:
-                attrs["label_source"] = source
-                mask = mask.T if transposed else mask
+        attrs = _aif_attrs(series, planned, patient)
+        mask = _lv_rv_mask(sources, series, planned, case_id, attrs, notes)
         try:
             write_aif_case(
                 h5, case_id, np.swapaxes(frames, 1, 2) if transposed else frames, planned.times,
@@ -256,3 +274,66 @@ def write_mapping_slices(
             del h5[case_id]
         raise
     return [f"{case_id}/{slice_id}" for slice_id in written]
+
+
+def write_perfusion_series(
+    h5: h5py.File, series: PlannedSeries, aif: PlannedSeries | None, patient: dict,
+    sources: list[LabelSource], notes: list[str],
+) -> list[str]:  # fmt: skip
+    """Write a perfusion imaging series and the AIF series of its study as one dual-sequence
+    case ``<patient>_<study>_s<series number>``; returns its id.
+
+    The case holds the AIF case (``series``, ``times_s``, ``n_pd_frames``, ``mask`` when the
+    labels give the LV, attrs as :func:`write_aif_series`) and ``perfusion`` [S, T, H, W] (rows,
+    columns) with attrs ``sop_instance_uids`` [S * T], ``series_instance_uid``,
+    ``series_number``, ``series_description``, ``image_position_patient`` [S, 3],
+    ``image_orientation_patient``, ``pixel_spacing_mm``, ``times_source``, ``n_pd_frames``. The
+    saturation-recovery timing is not in the standard DICOM attributes: it is not written, and
+    ``python -m exports perfusion`` names what is missing.
+
+    Raises:
+        PixelError: an unreadable image (nothing is written).
+        PerfusionContractError: no AIF series beside it, or frame counts that differ.
+    """
+    number = text_of(series.header, "SeriesNumber")
+    if aif is None:
+        raise PerfusionContractError(
+            f"perfusion series {number}: no AIF series of its study was imported; the "
+            "dual-sequence contract needs both (import them together)"
+        )
+    counts = sorted({len(p.files) for p in series.slices})
+    aif_slice = aif.slices[0]
+    if counts != [len(aif_slice.files)]:
+        raise PerfusionContractError(
+            f"perfusion series {number}: {counts} frames per slice, AIF series "
+            f"{text_of(aif.header, 'SeriesNumber')}: {len(aif_slice.files)}; expected the same"
+        )
+    frames = np.stack([read_slice(series, planned)[0] for planned in series.slices])
+    aif_frames = read_slice(aif, aif_slice)[0]
+    case_id = f"{mapping_case_id(series, patient)}_s{number or 0}"
+    attrs = _aif_attrs(aif, aif_slice, patient)
+    mask = _lv_rv_mask(sources, aif, aif_slice, case_id, attrs, notes)
+    if mask is None:
+        notes.append(f"{case_id}: no LV label for the AIF series; add its mask before mapping")
+    transposed = _transposed(aif)
+    write_aif_case(
+        h5, case_id, np.swapaxes(aif_frames, 1, 2) if transposed else aif_frames,
+        aif_slice.times, aif_slice.n_pd_frames, patient["patient_id"], mask=mask, attrs=attrs,
+    )  # fmt: skip
+    images = h5[case_id].create_dataset(
+        "perfusion", data=frames.astype(np.float32), compression="gzip", compression_opts=1
+    )
+    first = series.slices[0]
+    uids = [uid for planned in series.slices for uid in planned.sop_instance_uids]
+    images.attrs.update({
+        "sop_instance_uids": np.array(uids, dtype=h5py.string_dtype()),
+        "series_instance_uid": series.uid,
+        "series_number": number,
+        "series_description": text_of(series.header, "SeriesDescription"),
+        "image_position_patient": np.stack([p.geometry.position for p in series.slices]),
+        "image_orientation_patient": first.geometry.orientation.astype(np.float64),
+        "pixel_spacing_mm": first.geometry.spacing_mm.astype(np.float64),
+        "times_source": first.time_source,
+        "n_pd_frames": first.n_pd_frames,
+    })  # fmt: skip
+    return [case_id]

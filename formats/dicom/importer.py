@@ -1,4 +1,5 @@
-"""DICOM folder -> the AIF and mapping HDF5 contracts (``python -m exports dicom-import``).
+"""DICOM folder -> the AIF, perfusion and mapping HDF5 contracts (``python -m exports
+dicom-import``).
 
 Steps (each in its own module): find and group files (:mod:`formats.dicom.files`), plan every
 series (:mod:`formats.dicom.series_plan`: task, slices, order, vendor timing rules of
@@ -11,8 +12,12 @@ still imported.
 Mapping slices that repeat another series at the same location are kept in reserve
 (:mod:`formats.dicom.layout`): when the kept series cannot be read, its repeat is written instead.
 
-Output files: one per kind imported (``aif``, ``t1_native``, ``post_contrast``, ``t2``): the
-given path when only one kind was found, else ``<stem>_<kind>.h5`` beside it.
+Output files: one per kind imported (``aif``, ``perfusion``, ``t1_native``, ``post_contrast``,
+``t2``): the given path when only one kind was found, else ``<stem>_<kind>.h5`` beside it. A
+perfusion imaging series (:func:`formats.dicom.series_kind.perfusion_role`) is written with the
+AIF series of its study as one dual-sequence case
+(:func:`formats.dicom.contract_writer.write_perfusion_series`); that AIF series is also an AIF
+case of its own.
 
 Attributes written besides the contracts' own (AIF on the case, mapping on the slice unless
 said otherwise): ``image_position_patient``, ``image_orientation_patient``, ``pixel_spacing_mm``,
@@ -39,7 +44,11 @@ import h5py
 
 from formats.atomic_file import atomic_write
 from formats.contract_errors import ContractError
-from formats.dicom.contract_writer import write_aif_series, write_mapping_slices
+from formats.dicom.contract_writer import (
+    write_aif_series,
+    write_mapping_slices,
+    write_perfusion_series,
+)
 from formats.dicom.files import (
     DicomFolder,
     DicomImportError,
@@ -60,10 +69,12 @@ from formats.dicom.layout import group_by_study, lay_out_mapping_slices
 from formats.dicom.pixels import PixelError
 from formats.dicom.series_kind import derived_map_kind
 from formats.dicom.series_plan import PlannedSeries, PlannedSlice, SeriesSkipped, plan_series
+from formats.dicom.timing import float_of
 
 __all__ = ["ImportOptions", "ImportReport", "SeriesReport", "import_dicom", "output_paths"]
 
-KINDS = ("aif", "t1_native", "post_contrast", "t2")
+KINDS = ("aif", "perfusion", "t1_native", "post_contrast", "t2")
+PERFUSION_KINDS = ("aif", "perfusion")
 
 
 @dataclass
@@ -265,7 +276,7 @@ def _plan_all(
         report.notes.extend(series.notes)
         planned.append(series)
     reserves: Reserves = defaultdict(list)
-    mapping = [s for s in planned if s.kind != "aif"]
+    mapping = [s for s in planned if s.kind not in PERFUSION_KINDS]
     for study, study_series in group_by_study(mapping).items():
         for owner, dropped, reason in lay_out_mapping_slices(study_series):
             owner.slices.remove(dropped)
@@ -289,10 +300,28 @@ class _Writer:
 
     def __init__(self, h5: h5py.File, name: str, options: ImportOptions, salt: str,
                  sources: list[LabelSource], reports: dict[str, SeriesReport],
-                 reserves: Reserves) -> None:  # fmt: skip
+                 reserves: Reserves, planned: list[PlannedSeries]) -> None:  # fmt: skip
         self.h5, self.name, self.options, self.salt = h5, name, options, salt
         self.sources, self.reports, self.reserves = sources, reports, reserves
+        self.planned = planned
         self.n_written = 0
+
+    def aif_of(self, series: PlannedSeries) -> PlannedSeries | None:
+        """The one-slice AIF series of the perfusion series' study, the last acquired before
+        it (highest series number below its own), else any of its study."""
+        study = str(series.header.get("StudyInstanceUID", ""))
+        number = float_of(series.header, "SeriesNumber") or 0.0
+
+        def before_it(s: PlannedSeries) -> tuple[bool, float]:
+            other = float_of(s.header, "SeriesNumber") or 0.0
+            return other < number, other
+
+        candidates = sorted(
+            (s for s in self.planned if s.kind == "aif" and len(s.slices) == 1
+             and str(s.header.get("StudyInstanceUID", "")) == study),
+            key=before_it,
+        )  # fmt: skip
+        return candidates[-1] if candidates else None
 
     def patient(self, series: PlannedSeries) -> dict:
         return identifier_attrs(series.header, self.options.keep_identifiers, self.salt)
@@ -304,6 +333,11 @@ class _Writer:
                 written = write_aif_series(
                     self.h5, series, self.patient(series), self.sources, report.notes
                 )
+            elif series.kind == "perfusion":
+                written = write_perfusion_series(
+                    self.h5, series, self.aif_of(series), self.patient(series), self.sources,
+                    report.notes,
+                )  # fmt: skip
             else:
                 written = write_mapping_slices(
                     self.h5, series, series.slices, self.patient(series), self.sources,
@@ -311,7 +345,7 @@ class _Writer:
                 )  # fmt: skip
         except (PixelError, ContractError) as exc:
             report.reason, report.destinations = str(exc), []
-            if series.kind != "aif":
+            if series.kind not in PERFUSION_KINDS:
                 self.use_reserves(series)
             return
         report.status = "imported"
@@ -375,7 +409,8 @@ def import_dicom(
             with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5:
                 h5.attrs["source"] = "python -m exports dicom-import"
                 h5.attrs["kind"] = kind
-                writer = _Writer(h5, path.name, options, salt, sources, reports, reserves)
+                writer = _Writer(h5, path.name, options, salt, sources, reports, reserves,
+                                 planned)  # fmt: skip
                 for series in planned:
                     if series.kind == kind:
                         writer.series(series)

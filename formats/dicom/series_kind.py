@@ -4,9 +4,15 @@ sequence; and which of its images are the scanner's own maps rather than weighte
 Names are read from ``SeriesDescription``, ``ProtocolName`` and ``SequenceName`` together
 (case-insensitive). Rules (README, "Your own data (DICOM)"):
 
-- task: ``aif`` / ``perf`` / ``first pass`` -> AIF; a T1 sequence name (below) or ``T1 map`` ->
-  T1; ``T2 map`` / ``T2 prep`` / ``T2p`` -> T2. Without a telling name the import falls back on
-  the times found (:mod:`formats.dicom.timing`), else asks for ``--task``.
+- task: ``aif`` / ``perf`` / ``first pass`` / ``mpi`` -> perfusion; a T1 sequence name (below)
+  or ``T1 map`` -> T1; ``T2 map`` / ``T2 prep`` / ``T2p`` -> T2. Without a telling name the
+  import falls back on the times found (:mod:`formats.dicom.timing`), else asks for ``--task``.
+- perfusion: the AIF series of a dual-sequence acquisition, or its imaging series (the frames
+  that are mapped; :func:`perfusion_role`). A name saying ``aif`` -> AIF series; otherwise a
+  series at several slice positions, or whose matrix exceeds :data:`AIF_MAX_MATRIX` pixels
+  both ways, is the imaging series (Siemens ``tfl_perf_sax``, Philips ``Perfusion SA``, GE
+  ``MPI stress`` with 3 slices of 192 x 111 px); a one-slice low-resolution series is an AIF
+  series.
 - T1 sequence: ``shmolli``, ``molli``, ``sasha``, ``stone``, ``look-locker`` / ``LL`` in the
   name; otherwise the pattern of the inversion times in acquisition order, split into runs at
   each new inversion (where the TI grows by less than 100 ms, or drops): runs of 5, 1, 1
@@ -31,6 +37,7 @@ from pydicom.dataset import Dataset
 __all__ = [
     "derived_map_kind",
     "is_post_contrast",
+    "perfusion_role",
     "sequence_from_inversion_pattern",
     "sequence_from_name",
     "series_text",
@@ -46,7 +53,7 @@ SEQUENCE_NAMES = (
     ("t2prep", re.compile(r"t2[\s_-]*prep|\bt2p\b")),
 )
 TASK_NAMES = (
-    ("aif", re.compile(r"\baif\b|_aif|aif_|perf|first[\s_-]*pass")),
+    ("aif", re.compile(r"\baif\b|_aif|aif_|perf|first[\s_-]*pass|\bmpi\b")),
     ("t2", re.compile(r"t2[\s_-]*(map|prep)|\bt2p\b")),
     (
         "t1",
@@ -55,6 +62,10 @@ TASK_NAMES = (
         ),
     ),
 )
+AIF_NAMES = re.compile(r"\baif\b|_aif|aif_")
+AIF_MAX_MATRIX = 64
+"""Largest phase-encoding matrix of an AIF series (the AIF network takes E1 40-64); an imaging
+series of a perfusion acquisition has more pixels along both axes (e.g. 192 x 111)."""
 POST_NAMES = re.compile(r"\bpost|\bpc\b|_pc\b|\bgd\b|gado")
 PRE_NAMES = re.compile(r"\bpre\b|_pre\b|native")
 MAP_TYPE = re.compile(r"MAP|STDDEV|STD[\s_]DEV")
@@ -122,6 +133,28 @@ def sequence_from_inversion_pattern(times_in_acquisition_order: Sequence[float])
         if steps.min() > 0 and steps.std() <= 0.1 * steps.mean():
             return "look_locker"
     return None
+
+
+def perfusion_role(text: str, n_positions: int, matrix: tuple[int, int]) -> str:
+    """``aif`` (the AIF series) or ``perfusion`` (the imaging series) of a series whose names
+    say perfusion (module docstring).
+
+    Args:
+        text: the series' names (:func:`series_text`).
+        n_positions: how many slice positions its images have.
+        matrix: rows, columns of its images.
+
+    Example:
+        >>> perfusion_role("tfl_perf_sax", 3, (192, 111)), perfusion_role("perf_aif", 1, (64, 48))
+        ('perfusion', 'aif')
+        >>> perfusion_role("firstpass", 1, (48, 40)), perfusion_role("perfusion sa", 1, (144, 144))
+        ('aif', 'perfusion')
+    """
+    if AIF_NAMES.search(text):
+        return "aif"
+    if n_positions > 1 or min(matrix) > AIF_MAX_MATRIX:
+        return "perfusion"
+    return "aif"
 
 
 def is_post_contrast(header: Dataset) -> bool:

@@ -19,6 +19,7 @@ from formats.dicom.geometry import GeometryError, SliceGeometry, geometry_of, gr
 from formats.dicom.series_kind import (
     derived_map_kind,
     is_post_contrast,
+    perfusion_role,
     sequence_from_inversion_pattern,
     sequence_from_name,
     series_text,
@@ -36,7 +37,7 @@ from formats.dicom.timing import (
 
 __all__ = ["PlannedSeries", "PlannedSlice", "SeriesSkipped", "TASKS", "plan_series"]
 
-TASKS = ("auto", "aif", "t1", "t2")
+TASKS = ("auto", "aif", "perfusion", "t1", "t2")
 MIN_AIF_FRAMES = 3
 MIN_MAPPING_IMAGES = 2
 
@@ -85,7 +86,8 @@ class PlannedSeries:
         uid: SeriesInstanceUID.
         header: the header of its first image (series-level attributes).
         vendor: :func:`formats.dicom.timing.vendor_of`.
-        kind: ``aif`` | ``t1_native`` | ``post_contrast`` | ``t2``.
+        kind: ``aif`` | ``perfusion`` (the imaging series of a dual-sequence perfusion
+            acquisition) | ``t1_native`` | ``post_contrast`` | ``t2``.
         slices: its slices ordered along the normal.
         notes: remarks for the summary (images left out and why).
     """
@@ -117,7 +119,7 @@ def _task(header: Dataset, forced: str, one_slice: list[Dataset], vendor: str) -
     """The series' task: ``--task`` when given, else its names, else the times of one slice."""
     named = task_from_name(series_text(header))
     if forced != "auto":
-        if named is not None and named != forced:
+        if named is not None and named != forced and {named, forced} != {"aif", "perfusion"}:
             raise SeriesSkipped(f"named as a {named} series, not {forced} (--task {forced})")
         return forced
     if named is not None:
@@ -271,8 +273,11 @@ def plan_series(uid: str, files: list[DicomFile], task: str = "auto") -> Planned
     candidates = [f for f in files if derived_map_kind(f.header) is None]
     if not candidates:
         raise SeriesSkipped("only the scanner's derived maps, no weighted images")
-    first_slice = group_by_position(_geometries(candidates))[0]
-    chosen = _task(header, task, [candidates[i].header for i in first_slice], vendor)
+    positions = group_by_position(_geometries(candidates))
+    chosen = _task(header, task, [candidates[i].header for i in positions[0]], vendor)
+    if chosen in ("aif", "perfusion") and task in ("auto", "perfusion"):
+        shape = geometry_of(candidates[0].header).shape
+        chosen = perfusion_role(series_text(header), len(positions), shape)
     weighted, maps, note = _split_maps(files, chosen)
     notes = [note] if note else []
     geometries = _geometries(weighted)
@@ -280,7 +285,7 @@ def plan_series(uid: str, files: list[DicomFile], task: str = "auto") -> Planned
     for group in group_by_position(geometries):
         members = [weighted[i] for i in group]
         try:
-            if chosen == "aif":
+            if chosen in ("aif", "perfusion"):
                 planned = _aif_slice(members, geometries[group[0]], vendor)
             else:
                 planned = _mapping_slice(members, geometries[group[0]], vendor, chosen, header)

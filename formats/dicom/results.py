@@ -50,6 +50,8 @@ class Quantity:
     slope: float
 
 
+_ML_MIN_G = Code("mL/min/g", "UCUM", "milliliter per minute per gram")
+_ML_G = Code("mL/g", "UCUM", "milliliter per gram")
 QUANTITIES = {
     "t1_ms": Quantity("T1", "T1 in ms", codes.UCUM.Millisecond, codes.DCM.T1, 0.1),
     "t2_ms": Quantity("T2", "T2 in ms", codes.UCUM.Millisecond, codes.DCM.T2, 0.01),
@@ -63,28 +65,24 @@ QUANTITIES = {
     "mbf_ml_min_g": Quantity(
         "MBF",
         "myocardial blood flow in ml/min/g",
-        Code("mL/min/g", "UCUM", "milliliter per minute per gram"),
+        _ML_MIN_G,
         codes.DCM.AbsoluteRegionalBloodFlow,
         0.001,
     ),
     "ps_ml_min_g": Quantity(
         "PS",
         "permeability-surface area product in ml/min/g",
-        Code("mL/min/g", "UCUM", "milliliter per minute per gram"),
+        _ML_MIN_G,
         Code("PS", "99INLINECMR", "Permeability-surface area product"),
         0.001,
     ),
     "vb_ml_g": Quantity(
-        "VB",
-        "blood volume in ml/g",
-        Code("mL/g", "UCUM", "milliliter per gram"),
-        codes.DCM.AbsoluteRegionalBloodVolume,
-        0.0001,
+        "VB", "blood volume in ml/g", _ML_G, codes.DCM.AbsoluteRegionalBloodVolume, 0.0001
     ),
     "visf_ml_g": Quantity(
         "VISF",
         "interstitial volume in ml/g",
-        Code("mL/g", "UCUM", "milliliter per gram"),
+        _ML_G,
         Code("VISF", "99INLINECMR", "Interstitial volume per gram"),
         0.0001,
     ),

@@ -59,7 +59,7 @@ def add_dicom_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``dicom-import`` subcommand."""
     p = subparsers.add_parser(
         "dicom-import",
-        help="DICOM folder (perfusion AIF, T1/T2 mapping) -> AIF / mapping HDF5 contract files",
+        help="DICOM folder (perfusion, T1/T2 mapping) -> AIF / perfusion / mapping HDF5 files",
     )
     p.add_argument("source", type=Path, help="folder tree of DICOM files (any nesting and names)")
     p.add_argument(

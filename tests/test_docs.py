@@ -7,6 +7,7 @@
   page, at an existing heading);
 - every module of README's command table exists and defines the function the table names, and
   so does every ``module.py``: ``function`` pair of docs/architecture.md;
+- every page of docs/ can be reached from README.md by following links;
 - README and docs speak in dated facts, not in the project's work history ("this round").
 """
 
@@ -142,6 +143,27 @@ def test_every_local_link_points_at_an_existing_file_and_heading(page: Path) -> 
         elif anchor and linked.suffix == ".md" and anchor not in heading_slugs(linked):
             broken.append(f"{target}: no heading #{anchor} in {linked.name}")
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def local_links(page: Path) -> set[Path]:
+    """The local files a Markdown page links to (anchors dropped)."""
+    links = set()
+    for target in MARKDOWN_LINK.findall(page.read_text(encoding="utf-8")):
+        file_part = target.partition("#")[0]
+        if file_part and not re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            links.add((page.parent / file_part).resolve())
+    return links
+
+
+def test_every_docs_page_is_reachable_from_the_readme() -> None:
+    reached, frontier = {README.resolve()}, [README.resolve()]
+    while frontier:
+        for linked in local_links(frontier.pop()):
+            if linked.suffix == ".md" and linked.is_file() and linked not in reached:
+                reached.add(linked)
+                frontier.append(linked)
+    orphans = [str(p.relative_to(ROOT)) for p in markdown_pages() if p.resolve() not in reached]
+    assert not orphans, f"pages no link leads to from README.md: {orphans}"
 
 
 def command_table() -> list[tuple[str, str, str]]:

@@ -5,10 +5,14 @@
     python -m exports serve [--host 127.0.0.1] [--port 9002] [--aif-model PATH]
                             [--myocardium-model PATH] [--max-sessions 2] [--threads 2]
                             [--first-message-timeout-s 5] [--max-sessions-per-client 1]
+                            [--backend auto]
 
 The models are loaded once at start (``deployment.artifact.load_artifact``: sha256 verified), run
-once to warm up, and stay resident. ``--port 0`` binds a free port; the address is printed on
-stdout as ``listening on HOST:PORT``. Each connection is one session, served in its own thread.
+once to warm up, and stay resident; the AIF model runs on the backend
+``deployment.onnx_backend.select_backend`` picks (``--backend auto``: the fastest of TorchScript
+and the ONNX files beside the artifact that passes the parity check; logged). ``--port 0``
+binds a free port; the address is printed on stdout as ``listening on HOST:PORT``. Each
+connection is one session, served in its own thread.
 
 Idle clients cannot stall the scanner: the accept loop never waits (a connection is accepted at
 once and handed to its thread), a connection must send its first message (the config) within

@@ -38,7 +38,7 @@ def uid_key(uid: str, length: int = 16) -> str:
 
     Example:
         >>> uid_key("1.2.3")
-        '12a8d2b23f8d5d6e'
+        'c47f5b18b8a430e6'
     """
     return hashlib.sha256(uid.encode()).hexdigest()[:length]
 

@@ -48,7 +48,7 @@ def normalisation(kind: str, channels: int, groups: int = 8) -> nn.Module:
 
     Example:
         >>> normalisation("group", 16)
-        GroupNorm(8, 16, eps=1e-05, affine=True)
+        GroupNorm(8, 16, eps=1e-05, affine=True, bias=True)
     """
     if kind == "batch":
         return nn.BatchNorm2d(channels)

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q -c constraints.txt -e ".[train,dev,onnx]"
 	@touch $(STAMP)
 
-train: install  ## train, test and report the default model (3CS ResUNet on synthetic phantoms)
+train: install  ## train, test and deploy the default AIF model (3CS MONAI BasicUNet on synthetic phantoms)
 	$(PY) train.py $(ARGS)
 
 test: install  ## fast test suite (< 10 min on 2 cores)

@@ -12,7 +12,7 @@ Sections (``--sections``):
 
 - ``t1``: per sequence (``--sequences``: STONE, MOLLI 5(3)3 / 4(1)3(1)2, ShMOLLI, SASHA), native
   and post-contrast T1 at the default phantom SNR (10-60), per slice and per segment, bias also
-  in % of T1. Goal (issue 15): |bias| <= 1 % of T1 on slice means, every sequence.
+  in % of T1. Goal: |bias| <= 1 % of T1 on slice means, every sequence.
 - ``t2``: (a) efficiency of the per-pixel T2 estimator: Monte-Carlo pixels (Gaussian noise of
   SD 1/SNR on ``exp(-TE/T2) + 0.02``, the phantom echo times) against the Cramer-Rao bound of
   the model fitted, at SNR 30 and 60 and T2 45, 55, 65 ms (goal: SD <= 1.2x the bound, |bias|

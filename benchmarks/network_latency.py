@@ -1,4 +1,4 @@
-"""Scanner-side CPU latency of exported artifacts, one row per network (README "Network choices").
+"""Scanner-side CPU latency of exported artifacts, one row per network (docs/results.md).
 
 ``python benchmarks/network_latency.py ARTIFACT.ts [ARTIFACT.ts ...] [--threads 2] [--runs 50]``
 

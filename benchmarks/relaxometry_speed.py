@@ -10,7 +10,7 @@ data-driven guess, as one would write it by hand); the loop's time is scaled to 
 Wall and CPU time (``time.process_time``, all threads of the process) are both reported: on a
 shared machine the CPU-time ratio is the steadier one.
 Accuracy of both is measured on the same sampled pixels against the truth (median absolute
-relative error and failure rate) and against each other. Goal (issue 6): <= 0.5 s per slice and
+relative error and failure rate) and against each other. Goal: <= 0.5 s per slice and
 >= 100x faster than the loop, at equal accuracy. Measured on the shared 2-core machine
 (2026-11-24, other jobs running): vectorised 0.11 s CPU per slice (T1 and T2; 0.065-0.08 s when
 the machine was quiet), loop 12-14 s CPU: 118-122x in CPU time, 146-156x wall (median); the

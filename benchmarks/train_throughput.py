@@ -31,7 +31,7 @@ from deployment.cpu_info import CPUInfo, host_cpu
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-GOAL_SAMPLES_PER_S = 2000.0  # one H100, default 3CS model (issue 8)
+GOAL_SAMPLES_PER_S = 2000.0  # one H100, default 3CS model
 
 
 class Variant(NamedTuple):

@@ -3,7 +3,8 @@
 A check run (``trainer.fast_dev_run``, any ``debug=*`` preset, a ``limit_*_batches`` fraction
 below 1, or weights that are no saved best checkpoint) still exports, into its run directory, so
 that the export path is checked too; :class:`callbacks.export.ModelExport` records the reasons in
-the artifact's metadata (``check_run``) and never promotes it (README "Which model is deployed").
+the artifact's metadata (``check_run``) and never promotes it (docs/deployment.md, "Which model
+is deployed").
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 :class:`ModelExport` (on by default, settings in ``conf/export/default.yaml``, overridable as
 ``export.onnx=true`` ...) writes ``<run dir>/export/aif_<model>.ts``. Where it goes from there
-(README "Which model is deployed"): a real single training run deploys it at the stable path
+(docs/deployment.md, "Which model is deployed"): a real single training run deploys it at the
+stable path
 ``artifacts/aif_<model>.ts`` through the artifact index (:mod:`deployment.artifact_index`: the file
 it replaces stays in ``artifacts/versions/``, listed in ``artifacts/index.json``); a check run
 (:mod:`callbacks.check_run`: ``fast_dev_run``, ``debug=*``, ...) and a multirun job leave it in

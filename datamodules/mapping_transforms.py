@@ -1,5 +1,5 @@
 """Training augmentation of myocardium segmentation samples (docs/method.md §B3) and the acquisition
-artefacts of synthetic short-axis images (issue 20).
+artefacts of synthetic short-axis images.
 
 * :class:`RandomTranslateFlipElastic`: random translation, mirroring, rotation, zoom and elastic
   deformation of an image and its mask (or of a label map alone) in one resampling.

@@ -1,5 +1,5 @@
 """Contrast-agnostic myocardium training data: synthetic short-axis images drawn on the fly
-(``data=short_axis_synthesis``; issue 20, SynthSeg style).
+(``data=short_axis_synthesis``; SynthSeg style).
 
 A pool of procedural short-axis label maps (:mod:`datamodules.synthetic.short_axis_anatomy`,
 cached once under ``data_dir``) is the anatomy. Every training sample is a fresh draw: a random

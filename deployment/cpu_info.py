@@ -1,4 +1,4 @@
-"""What this CPU runs natively: probed, never assumed (DEVELOPERS.md, "Machines differ").
+"""What this CPU runs natively: probed, never assumed (docs/deployment.md, "The CPU probe").
 
 Used to choose the training precision (bf16 autocast only where bf16 is native), to record the
 exporting CPU and the features an artifact needs in its metadata, to refuse loading an artifact

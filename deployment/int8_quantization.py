@@ -11,7 +11,7 @@ fbgemm's int8 kernels (no bfloat16 instructions needed, unlike ``precision=bf16`
   LV Dice 0.902 (8-bit) vs 0.901 (fp32), paired t P 0.8, same detections, while 7-bit
   activations (``reduce_range=True``, PyTorch's x86 default) lost 0.021 (P < 1e-4); on a VNNI
   Zen 4, 7-bit lost 0.002-0.006. So 8-bit is the default everywhere and int8 artifacts need no
-  CPU feature (README, "Latency").
+  CPU feature (docs/deployment.md, "Precision and backends").
 - Concatenations run in float32 (dequantise, concatenate, requantise at the next conv with
   the range observed there): int8 ``cat`` keeps the first input's scale and clips the others,
   and a skip connection and an up-sampled path have different ranges.

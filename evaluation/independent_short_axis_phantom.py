@@ -1,5 +1,5 @@
 """A second, deliberately different short-axis phantom generator, for out-of-distribution
-evaluation of myocardium networks only (issue 20).
+evaluation of myocardium networks only.
 
 Written without the training generator's code (``datamodules/synthetic/short_axis_anatomy.py``,
 ``tissue_contrast.py``) and with other choices at every step:

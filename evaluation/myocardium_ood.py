@@ -1,4 +1,4 @@
-"""Out-of-distribution evaluation of myocardium segmentation artifacts (issue 20).
+"""Out-of-distribution evaluation of myocardium segmentation artifacts.
 
 ``python evaluate.py task=myocardium_ood`` runs exported myocardium artifacts through the
 scanner runtime (``exports.mapping_pipeline.MyocardiumSegmenter``: the artifact's own
@@ -21,7 +21,7 @@ post-processing, as method.md §B5), the symmetric 95th-percentile Hausdorff dis
 and
 mm where the file gives ``pixel_spacing_mm`` or ``pixel_mm``), and whether the prediction passes
 the pipeline's shape QC (largest object, Euler number 0, eccentricity < 0.65). Per family and
-artifact: median / mean DSC, median HD95, the QC pass rate and the goal check of issue 20
+artifact: median / mean DSC, median HD95, the QC pass rate and the goal check
 (out-of-distribution: median DSC >= 0.80 and >= 95 % QC; in distribution: median DSC >= 0.85).
 """
 
@@ -291,7 +291,7 @@ def markdown(rows: dict[str, dict[str, dict]], context: dict[str, Any]) -> str:
         "# Out-of-distribution myocardium segmentation",
         "",
         f"Created {context.get('created_utc', '')}; {context.get('elapsed_s', 0):.0f} s. "
-        f"Goal (issue 20): out-of-distribution families median DSC >= {GOAL['ood_median_dsc']} "
+        f"Goal: out-of-distribution families median DSC >= {GOAL['ood_median_dsc']} "
         f"and >= {100 * GOAL['ood_qc_pass']:.0f} % of predictions passing the shape QC; in "
         f"distribution median DSC >= {GOAL['in_distribution_median_dsc']}.",
         "",

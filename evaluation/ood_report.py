@@ -27,7 +27,7 @@ from evaluation.aif_report import method_summary
 from formats.atomic_file import atomic_write
 
 INDEPENDENT = "independent"
-GOAL = {"detection_rate": 0.99, "lv_dice_mean": 0.85}  # issue 18, every out-of-distribution family
+GOAL = {"detection_rate": 0.99, "lv_dice_mean": 0.85}  # every out-of-distribution family
 
 
 def family_file(data_dir: str | os.PathLike, family: str, n_patients: int, seed: int) -> Path:

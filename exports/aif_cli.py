@@ -1,9 +1,10 @@
 """The ``aif`` subcommand: LV mask, AIF curve and features for every case of an AIF file.
 
-``python -m exports aif --model artifacts/aif_resunet3cs.ts --input cases.h5 --output results.h5
-[--figures DIR] [--threads N] [--dicom-out DIR --dicom-source SRC]`` (``--model
-aif_resunet3cs``: the deployed model of that name; ``python -m exports list | promote``: which
-model is deployed, see ``deployment.cli``)
+``python -m exports aif --model aif_monai_basic_unet3cs --input cases.h5 --output results.h5
+[--figures DIR] [--threads N] [--dicom-out DIR --dicom-source SRC]`` (``--model``: an artifact
+file, or a deployed name such as the default ``aif_monai_basic_unet3cs``, ``NAME@VERSION`` for
+one version; ``inline-cmr list | promote | rollback``: which model is deployed,
+:mod:`deployment.cli`).
 
 Reads every case of an AIF contract file (docs/data_contracts.md), runs the AIF pipeline with
 the artifact loaded once, and writes ``results.h5`` and ``results.json`` (layout in
@@ -105,7 +106,7 @@ def add_aif_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``aif`` subcommand."""
     aif = subparsers.add_parser("aif", help="LV mask, AIF curve and features for every case")
     aif.add_argument("--model", type=Path, help="exported artifact (.ts) or deployed name "
-                     "(aif_resunet3cs, aif_resunet3cs@2); not with --legacy")  # fmt: skip
+                     "(aif_monai_basic_unet3cs, NAME@2); not with --legacy")  # fmt: skip
     aif.add_argument(
         "--legacy",
         action="store_true",

@@ -223,7 +223,7 @@ class AIFPipeline:
         fallback: ``None``, or ``"legacy"``: when the model finds no LV, use the legacy detector.
 
     Example:
-        >>> pipeline = AIFPipeline(load_artifact("artifacts/aif_resunet3cs.ts"))  # doctest: +SKIP
+        >>> pipeline = AIFPipeline(load_artifact("aif_monai_basic_unet3cs"))  # doctest: +SKIP
         >>> result = pipeline.run(series, times_s, n_pd_frames=2)  # doctest: +SKIP
         >>> result.features.peak_s, result.mask.shape  # doctest: +SKIP
     """

@@ -28,7 +28,8 @@ Pipeline of :func:`preprocess_aif_series`, input ``series`` float [T, RO, E1] (P
    bright tissue is before the bolus depends on the sequence (saturation time, saturation
    efficiency, single-bolus vs dual-sequence images: from ~0 to a fifth of the blood peak) and
    on the coil; the enhancement's timing is what tells the LV from the RV. Not in the paper's
-   recipe (docs/method.md §A2); measured on out-of-distribution families (README, "Generalisation").
+   recipe (docs/method.md §A2); measured on out-of-distribution families (docs/results.md, "Out
+   of distribution").
 6. Centre crop/pad RO to ``ro_size`` and E1 to ``e1_size`` (zero padding).
 7. Divide by the maximum of the result (``scale``), so the network input lies in [.., 1].
 """

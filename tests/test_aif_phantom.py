@@ -139,7 +139,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_training_ranges_span_what_differs_between_sites():
-    """Over 60 scans the drawn properties cover the documented ranges (issue 18)."""
+    """Over 60 scans the drawn properties cover the documented ranges."""
     rng = np.random.default_rng(7)
     scans = [simulate_aif_scan(rng) for _ in range(60)]
     attrs = [s.attrs for s in scans]

@@ -67,7 +67,7 @@ def test_t2_maps_from_the_stored_masks(phantoms, tmp_path):
     assert slice_2["success"] and slice_2["mean"] == pytest.approx(float(np.nanmean(t2)), rel=1e-5)
     assert summary["refinement_rate"] == 0.0
     bias, n = _bias(out, phantoms["t2"], "t2_ms", "truth/t2_ms")
-    assert n == 5 and abs(bias) < 4.0  # loose: noisy phantom, moving coil shading (README)
+    assert n == 5 and abs(bias) < 4.0  # loose: noisy phantom, moving coil shading (docs/results.md)
 
     # the RV insertion point from the images instead of the file attribute
     auto = tmp_path / "auto.h5"
@@ -270,7 +270,7 @@ def test_ecv_with_molli_native_and_post_contrast(molli, tmp_path):
     assert _run("--native", molli["t1_native"], "--post", molli["post_contrast"],
                 "--output", out) == 0  # fmt: skip
     bias, n = _bias(out, molli["post_contrast"], "ecv_percent", "truth/ecv_percent")
-    # loose: per-pixel MOLLI fits at SNR 10-60 carry a few % of T1 bias (README: benchmark)
+    # loose: per-pixel MOLLI fits at SNR 10-60 carry a few % of T1 bias (docs/results.md: benchmark)
     assert n == 5 and abs(bias) < 4.0
 
 

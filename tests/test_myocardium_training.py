@@ -34,7 +34,7 @@ EVALUATION = {  # docs/method.md §B3: experiment -> (quantity, network)
 def test_training_presets_compose_and_pair_network_and_data(preset, tmp_path):
     cfg = resolve(compose_train_config([f"experiment={preset}"], output_dir=tmp_path))
     modality, network, artifact, finetuned = TRAINING[preset]
-    if modality is None:  # N0: contrast-agnostic synthetic short-axis images (issue 20)
+    if modality is None:  # N0: contrast-agnostic synthetic short-axis images
         assert cfg["data"]["_target_"].endswith("ShortAxisSynthesisDataModule")
     else:
         assert cfg["data"]["modality"] == modality

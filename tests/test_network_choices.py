@@ -47,7 +47,7 @@ TASKS = {  # task -> (overrides, input [C, H, W] of a test batch, output channel
     "aif_2cs": (["model=resunet2cs"], (64, 64, 48), 1),
     "myocardium": (["experiment=t1_native_pretrain"], (1, 64, 64), 2),
 }
-PARAMETERS_M = {  # default sizes, millions of parameters (README "Network choices")
+PARAMETERS_M = {  # default sizes, millions of parameters (docs/results.md, "Network choices")
     "aif_3cs": {"resunet": 6.528, "unet": 0.491, "monai_unet": 1.646, "monai_basic_unet": 1.997,
                 "monai_segresnet": 1.585},
     "myocardium": {"resunet": 6.474, "unet": 0.486, "monai_unet": 1.628,

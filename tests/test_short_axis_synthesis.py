@@ -1,5 +1,5 @@
 """Synthetic short-axis anatomy, contrast-agnostic synthesis and the myocardium OOD evaluation
-(issue 20), on real components shrunk to run fast."""
+on real components shrunk to run fast."""
 
 from __future__ import annotations
 

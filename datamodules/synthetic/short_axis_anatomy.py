@@ -1,4 +1,4 @@
-"""Procedural short-axis tissue label maps, cropped like clinical mapping images (issue 20).
+"""Procedural short-axis tissue label maps, cropped like clinical mapping images.
 
 One call draws one short-axis slice of a random patient, from base to apex, as a label map
 (uint8 [H, W], :data:`LABEL_NAMES`): LV myocardium (label 1) with a non-circular endocardium

@@ -1,5 +1,5 @@
 """Tissue label map -> clean MR image: random per-tissue intensities (SynthSeg style) or
-physically simulated weighted images (issue 20).
+physically simulated weighted images.
 
 Two ways to give every label of a :mod:`datamodules.synthetic.short_axis_anatomy` map an
 intensity, mixed at random per image (``physical_p``):

@@ -2,7 +2,7 @@
 sequence; and which of its images are the scanner's own maps rather than weighted images.
 
 Names are read from ``SeriesDescription``, ``ProtocolName`` and ``SequenceName`` together
-(case-insensitive). Rules (README, "Your own data (DICOM)"):
+(case-insensitive). Rules (docs/dicom.md):
 
 - task: ``aif`` / ``perf`` / ``first pass`` / ``mpi`` -> perfusion; a T1 sequence name (below)
   or ``T1 map`` -> T1; ``T2 map`` / ``T2 prep`` / ``T2p`` -> T2. Without a telling name the

@@ -52,6 +52,7 @@ __all__ = [
     "MYOCARDIUM_TASK",
     "Artifact",
     "ArtifactError",
+    "LoadedModel",
     "load_artifact",
     "quiet_torchscript_deprecation",
     "read_metadata",
@@ -60,17 +61,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Artifact:
-    """A loaded, verified artifact: keep it and call :meth:`probabilities` as often as needed.
-
-    Attributes:
-        path: the file it was loaded from.
-        module: the TorchScript module (eval mode, CPU), resident in memory.
-        metadata: the parsed ``metadata.json`` (keys in :data:`METADATA_KEYS`).
+class LoadedModel:
+    """What every scanner-side backend of an artifact shares: the file, its metadata and the
+    check of the input (:class:`Artifact` for TorchScript, ``deployment.onnx_backend.OnnxModel``).
     """
 
     path: Path
-    module: torch.jit.ScriptModule
     metadata: dict[str, Any]
 
     @property
@@ -83,6 +79,33 @@ class Artifact:
         """``(n_frames, ro_size, e1_size)`` of one preprocessed series."""
         return tuple(int(n) for n in self.metadata["input_shape"][1:])  # type: ignore[return-value]
 
+    def batch_of(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
+        """float32 C-contiguous [B, n_frames, ro, e1], and whether one series [n_frames, ro, e1]
+        was given; any other shape is refused with the file named."""
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        single = x.ndim == 3
+        if single:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{self.path.name} expects [B, {', '.join(map(str, self.input_shape))}], "
+                f"got shape {tuple(np.shape(images))}"
+            )
+        return x, single
+
+
+@dataclass(frozen=True)
+class Artifact(LoadedModel):
+    """A loaded, verified artifact: keep it and call :meth:`probabilities` as often as needed.
+
+    Attributes:
+        path: the file it was loaded from.
+        metadata: the parsed ``metadata.json`` (keys in :data:`METADATA_KEYS`).
+        module: the TorchScript module (eval mode, CPU), resident in memory.
+    """
+
+    module: torch.jit.ScriptModule
+
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Model output for preprocessed series.
 
@@ -93,15 +116,8 @@ class Artifact:
             float32 [B, C, ro_size, e1_size] (or [C, ro, e1] for one series); C = 1 (2CS, P(LV))
             or 3 (3CS, P(background), P(LV), P(RV)).
         """
-        x = torch.as_tensor(images, dtype=torch.float32)
-        single = x.ndim == 3
-        if single:
-            x = x[None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"{self.path.name} expects [B, {', '.join(map(str, self.input_shape))}], "
-                f"got shape {tuple(images.shape)}"
-            )
+        batch, single = self.batch_of(images)
+        x = torch.from_numpy(batch)
         # The frozen graph is convolutions only: the graph executor's profiling runs and JIT
         # passes gain nothing at steady state but double the first calls (126 vs 66 ms measured).
         with torch.inference_mode(), torch.jit.optimized_execution(False):

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from deployment.artifact import Artifact, ArtifactError
+from deployment.artifact import Artifact, ArtifactError, LoadedModel
 from deployment.artifact_file import METADATA_NAME
 
 __all__ = [
@@ -71,33 +71,15 @@ def onnx_paths(artifact_path: Path) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
-class OnnxModel:
+class OnnxModel(LoadedModel):
     """An ONNX Runtime session standing in for :class:`deployment.artifact.Artifact`: the same
     ``path``, ``metadata``, ``n_classes``, ``input_shape`` and :meth:`probabilities`."""
 
-    path: Path
-    metadata: dict[str, Any]
     session: Any
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.metadata["n_classes"])
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.metadata["input_shape"][1:])  # type: ignore[return-value]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [B, C, ro, e1] for [B, n_frames, ro, e1] (or [C, ro, e1] for one series)."""
-        x = np.ascontiguousarray(images, dtype=np.float32)
-        single = x.ndim == 3
-        if single:
-            x = x[None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"{self.path.name} expects [B, {', '.join(map(str, self.input_shape))}], "
-                f"got shape {tuple(np.shape(images))}"
-            )
+        x, single = self.batch_of(images)
         out = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
         return out[0] if single else out
 

@@ -72,7 +72,7 @@ def main() -> None:
     print(f"CPU: {host_cpu().describe()}")
     print("| venv | distributions | training stack | site-packages MB | import AIF runtime s |")
     print("|---|---|---|---|---|")
-    for venv in args.venv:
+    for venv in (v.absolute() for v in args.venv):
         folder = site_packages(venv)
         names = distributions(folder)
         training = [n for n in TRAINING_STACK if n in names]
